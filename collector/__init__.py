@@ -1,0 +1,1 @@
+"""coldtail collector: an OpenTelemetry Collector-compatible pipeline in Python."""

@@ -1,0 +1,157 @@
+"""Component identity, kinds, signals and the factory registry.
+
+Every component type registers one factory. A factory is plain data plus a `create` callable
+(usually the component class itself), so every component has the same shape:
+
+    receiver:   create(settings, config, next: Mapping[Signal, Consumer])   one per ID
+    processor:  create(settings, config, signal, next: Consumer)            one per pipeline
+    exporter:   create(settings, config, signal)                            one per (ID, signal)
+    connector:  create(settings, config, signal, next: Mapping[Signal, Consumer])
+                                                                           one per (ID, input signal)
+    extension:  create(settings, config)                                    one per ID
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from collector.telemetry import Telemetry
+
+
+class Kind(enum.StrEnum):
+    RECEIVER = "receiver"
+    PROCESSOR = "processor"
+    EXPORTER = "exporter"
+    CONNECTOR = "connector"
+    EXTENSION = "extension"
+
+    @property
+    def section(self) -> str:
+        """The top-level config key holding components of this kind."""
+        return self.value + "s"
+
+
+class Signal(enum.StrEnum):
+    TRACES = "traces"
+    METRICS = "metrics"
+    LOGS = "logs"
+
+
+class Stability(enum.StrEnum):
+    DEVELOPMENT = "development"
+    ALPHA = "alpha"
+    BETA = "beta"
+    STABLE = "stable"
+
+
+_TYPE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
+
+
+@dataclass(frozen=True, order=True)
+class ComponentID:
+    """`type` or `type/name`, as in the OTel Collector."""
+
+    type: str
+    name: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> ComponentID:
+        if not isinstance(text, str):
+            raise ValueError(f"component id must be a string, got {type(text).__name__}")
+        type_, sep, name = text.strip().partition("/")
+        if not _TYPE_RE.match(type_):
+            raise ValueError(
+                f"invalid component id {text!r}: the type must start with a letter and hold only "
+                "letters, digits and '_'"
+            )
+        if sep and not name:
+            raise ValueError(f"invalid component id {text!r}: empty name after '/'")
+        return cls(type_, name)
+
+    def __str__(self) -> str:
+        return f"{self.type}/{self.name}" if self.name else self.type
+
+
+class Component(Protocol):
+    async def start(self, host: Host) -> None:
+        """Return quickly; own (and later cancel) the tasks you start."""
+
+    async def shutdown(self) -> None:
+        """Idempotent, safe without start; flush what you hold."""
+
+
+class Host(Protocol):
+    """What the service offers components at start."""
+
+    @property
+    def status(self) -> str:
+        """One of "starting", "ready", "stopping", "stopped"."""
+
+    def extension(self, id: ComponentID) -> Component | None: ...
+
+
+@dataclass
+class Settings:
+    """Passed to every create call."""
+
+    id: ComponentID
+    kind: Kind
+    telemetry: Telemetry
+    pipeline: str = ""  # set for processors (one instance per pipeline)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("coldtail"))
+
+
+@dataclass(frozen=True)
+class Factory:
+    kind: Kind
+    type: str
+    config: type[BaseModel]
+    create: Callable[..., Any]
+    # Signal -> stability. For connectors: input signal -> (output signal -> stability).
+    signals: Mapping[Any, Any]
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+    def supports(self, signal: Signal) -> bool:
+        return signal in self.signals
+
+    def connects(self, signal_in: Signal, signal_out: Signal) -> bool:
+        return signal_out in self.signals.get(signal_in, {})
+
+
+class Registry:
+    """Factories by kind and type name (aliases included)."""
+
+    def __init__(self) -> None:
+        self._factories: dict[Kind, dict[str, Factory]] = {k: {} for k in Kind}
+
+    def register(self, factory: Factory) -> Factory:
+        table = self._factories[factory.kind]
+        for name in (factory.type, *factory.aliases):
+            if name in table:
+                raise ValueError(f"duplicate {factory.kind} type {name!r}")
+            table[name] = factory
+        return factory
+
+    def get(self, kind: Kind, type_: str) -> Factory | None:
+        return self._factories[kind].get(type_)
+
+    def types(self, kind: Kind) -> list[str]:
+        """Canonical type names and aliases, sorted."""
+        return sorted(self._factories[kind])
+
+    def factories(self, kind: Kind | None = None) -> list[Factory]:
+        kinds = [kind] if kind else list(Kind)
+        seen: dict[int, Factory] = {}
+        for k in kinds:
+            for f in self._factories[k].values():
+                seen.setdefault(id(f), f)
+        return sorted(seen.values(), key=lambda f: (list(Kind).index(f.kind), f.type))

@@ -1,0 +1,1 @@
+"""Test doubles shipped with coldtail: sinks, nop components, batch builders."""

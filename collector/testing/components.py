@@ -1,0 +1,25 @@
+"""Settings and hosts for creating components outside a service."""
+
+from __future__ import annotations
+
+from collector.component import ComponentID, Kind, Settings
+from collector.telemetry import Telemetry, component_logger
+
+
+def make_settings(kind: Kind | str, id: str, pipeline: str = "", telemetry: Telemetry | None = None
+                  ) -> Settings:
+    kind = Kind(kind)
+    cid = ComponentID.parse(id)
+    return Settings(id=cid, kind=kind, telemetry=telemetry or Telemetry(), pipeline=pipeline,
+                    logger=component_logger(kind.value, cid, pipeline))
+
+
+class StaticHost:
+    """A Host whose status tests set by hand."""
+
+    def __init__(self, status: str = "ready", extensions: dict | None = None) -> None:
+        self.status = status
+        self._extensions = extensions or {}
+
+    def extension(self, id: ComponentID):
+        return self._extensions.get(id)
