@@ -6,8 +6,8 @@ Every component type registers one factory. A factory is plain data plus a `crea
     receiver:   create(settings, config, next: Mapping[Signal, Consumer])   one per ID
     processor:  create(settings, config, signal, next: Consumer)            one per pipeline
     exporter:   create(settings, config, signal)                            one per (ID, signal)
-    connector:  create(settings, config, signal, next: Mapping[Signal, Consumer])
-                                                                           one per (ID, input signal)
+    connector:  create(settings, config, signal, next: Mapping[Signal, Consumer])   one per
+                                                                            (ID, input signal)
     extension:  create(settings, config)                                    one per ID
 """
 

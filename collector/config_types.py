@@ -36,8 +36,10 @@ def parse_duration(value: object) -> float:
     while pos < len(text):
         m = _DURATION_RE.match(text, pos)
         if not m:
-            raise ValueError(f"invalid duration {value!r}: expected a number with a unit "
-                             "(ns, us, ms, s, m, h), like 200ms, 5s or 1m")
+            raise ValueError(
+                f"invalid duration {value!r}: expected a number with a unit "
+                "(ns, us, ms, s, m, h), like 200ms, 5s or 1m"
+            )
         total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
         pos = m.end()
     if not text:
@@ -63,7 +65,7 @@ def parse_endpoint(value: object) -> str:
     """host:port with a port in 0..65535 (0 picks a free port)."""
     if not isinstance(value, str):
         raise ValueError("expected host:port, like 127.0.0.1:4317")
-    host, sep, port = value.rpartition(":")
+    _, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"invalid endpoint {value!r}: expected host:port, like 127.0.0.1:4317")
     return value

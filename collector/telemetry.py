@@ -29,8 +29,12 @@ log = logging.getLogger("coldtail")
 
 def _per_signal(registry, kind: type, name: str, doc: str, labels: list[str]) -> dict:
     return {
-        s: kind(name.format(items=ITEM_NAMES[s]), doc.format(items=ITEM_NAMES[s].replace("_", " ")),
-                labels, registry=registry)
+        s: kind(
+            name.format(items=ITEM_NAMES[s]),
+            doc.format(items=ITEM_NAMES[s].replace("_", " ")),
+            labels,
+            registry=registry,
+        )
         for s in Signal
     }
 
@@ -42,41 +46,78 @@ class Telemetry:
         r = self.registry = CollectorRegistry()
         recv, exp = ["receiver", "transport"], ["exporter"]
         self.receiver_accepted = _per_signal(
-            r, Counter, "otelcol_receiver_accepted_{items}",
-            "Number of {items} successfully pushed into the pipeline.", recv)
+            r,
+            Counter,
+            "otelcol_receiver_accepted_{items}",
+            "Number of {items} successfully pushed into the pipeline.",
+            recv,
+        )
         self.receiver_refused = _per_signal(
-            r, Counter, "otelcol_receiver_refused_{items}",
-            "Number of {items} that could not be pushed into the pipeline.", recv)
+            r,
+            Counter,
+            "otelcol_receiver_refused_{items}",
+            "Number of {items} that could not be pushed into the pipeline.",
+            recv,
+        )
         self.exporter_sent = _per_signal(
-            r, Counter, "otelcol_exporter_sent_{items}",
-            "Number of {items} successfully sent to destination.", exp)
+            r,
+            Counter,
+            "otelcol_exporter_sent_{items}",
+            "Number of {items} successfully sent to destination.",
+            exp,
+        )
         self.exporter_send_failed = _per_signal(
-            r, Counter, "otelcol_exporter_send_failed_{items}",
-            "Number of {items} in failed attempts to send to destination.", exp)
+            r,
+            Counter,
+            "otelcol_exporter_send_failed_{items}",
+            "Number of {items} in failed attempts to send to destination.",
+            exp,
+        )
         self.exporter_enqueue_failed = _per_signal(
-            r, Counter, "otelcol_exporter_enqueue_failed_{items}",
-            "Number of {items} failed to be added to the sending queue.", exp)
+            r,
+            Counter,
+            "otelcol_exporter_enqueue_failed_{items}",
+            "Number of {items} failed to be added to the sending queue.",
+            exp,
+        )
         self.exporter_queue_size = Gauge(
-            "otelcol_exporter_queue_size", "Current size of the retry queue (in batches).",
-            ["exporter", "data_type"], registry=r)
+            "otelcol_exporter_queue_size",
+            "Current size of the retry queue (in batches).",
+            ["exporter", "data_type"],
+            registry=r,
+        )
         self.exporter_queue_capacity = Gauge(
-            "otelcol_exporter_queue_capacity", "Fixed capacity of the retry queue (in batches).",
-            ["exporter", "data_type"], registry=r)
+            "otelcol_exporter_queue_capacity",
+            "Fixed capacity of the retry queue (in batches).",
+            ["exporter", "data_type"],
+            registry=r,
+        )
         proc = ["processor", "pipeline", "otel_signal"]
         self.processor_incoming = Counter(
-            "otelcol_processor_incoming_items", "Number of items passed to the processor.",
-            proc, registry=r)
+            "otelcol_processor_incoming_items",
+            "Number of items passed to the processor.",
+            proc,
+            registry=r,
+        )
         self.processor_outgoing = Counter(
-            "otelcol_processor_outgoing_items", "Number of items emitted from the processor.",
-            proc, registry=r)
+            "otelcol_processor_outgoing_items",
+            "Number of items emitted from the processor.",
+            proc,
+            registry=r,
+        )
         self._process = psutil.Process(os.getpid())
         self._started = time.time()
-        Gauge("otelcol_process_memory_rss", "Total physical memory (resident set size) [By].",
-              registry=r).set_function(lambda: self._process.memory_info().rss)
-        Gauge("otelcol_process_uptime", "Uptime of the process [s].",
-              registry=r).set_function(lambda: time.time() - self._started)
-        Gauge("otelcol_process_cpu_seconds", "Total CPU user and system time [s].",
-              registry=r).set_function(lambda: sum(self._process.cpu_times()[:2]))
+        Gauge(
+            "otelcol_process_memory_rss",
+            "Total physical memory (resident set size) [By].",
+            registry=r,
+        ).set_function(lambda: self._process.memory_info().rss)
+        Gauge("otelcol_process_uptime", "Uptime of the process [s].", registry=r).set_function(
+            lambda: time.time() - self._started
+        )
+        Gauge(
+            "otelcol_process_cpu_seconds", "Total CPU user and system time [s].", registry=r
+        ).set_function(lambda: sum(self._process.cpu_times()[:2]))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -92,9 +133,12 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.telemetry.exposition(),
-                            content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            body=self.telemetry.exposition(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def start(self) -> None:
         app = web.Application()

@@ -20,8 +20,9 @@ class Processor:
         self.signal = signal
         self.next = next
         self.log = settings.logger
-        labels = dict(processor=str(settings.id), pipeline=settings.pipeline,
-                      otel_signal=signal.value)
+        labels = dict(
+            processor=str(settings.id), pipeline=settings.pipeline, otel_signal=signal.value
+        )
         self._incoming = settings.telemetry.processor_incoming.labels(**labels)
         self._outgoing = settings.telemetry.processor_outgoing.labels(**labels)
 

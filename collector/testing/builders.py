@@ -54,7 +54,9 @@ def make_traces(
     return batch
 
 
-def make_metrics(points: int = 1, *, resource: dict | None = None, name: str = "requests") -> Metrics:
+def make_metrics(
+    points: int = 1, *, resource: dict | None = None, name: str = "requests"
+) -> Metrics:
     """One cumulative monotonic sum with `points` data points (attribute `test.index`)."""
     batch = Metrics()
     rm = batch.resource_metrics.add()

@@ -6,12 +6,18 @@ from collector.component import ComponentID, Kind, Settings
 from collector.telemetry import Telemetry, component_logger
 
 
-def make_settings(kind: Kind | str, id: str, pipeline: str = "", telemetry: Telemetry | None = None
-                  ) -> Settings:
+def make_settings(
+    kind: Kind | str, id: str, pipeline: str = "", telemetry: Telemetry | None = None
+) -> Settings:
     kind = Kind(kind)
     cid = ComponentID.parse(id)
-    return Settings(id=cid, kind=kind, telemetry=telemetry or Telemetry(), pipeline=pipeline,
-                    logger=component_logger(kind.value, cid, pipeline))
+    return Settings(
+        id=cid,
+        kind=kind,
+        telemetry=telemetry or Telemetry(),
+        pipeline=pipeline,
+        logger=component_logger(kind.value, cid, pipeline),
+    )
 
 
 class StaticHost:

@@ -1,0 +1,123 @@
+"""Command line: coldtail run | validate | components."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from importlib import resources
+
+from collector.component import Kind
+from collector.components import registry
+from collector.confmap import ConfmapError, load
+from collector.config import ConfigError, ServiceConfig, validate
+from collector.telemetry import setup_logging
+
+EXIT_INVALID = 2
+log = logging.getLogger("coldtail")
+
+
+def default_config_path() -> str:
+    """The embedded default pipeline (the same file as config/default.yaml)."""
+    return str(resources.files("collector") / "default.yaml")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="config source (file path, file:PATH or yaml:INLINE); repeat to "
+                             "merge in order. Default: the embedded default pipeline.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one value, e.g. processors::batch::timeout=2s "
+                             "(a.b.c=value also works); applied after all --config")
+
+
+def _load(args) -> ServiceConfig:
+    raw = load(args.config or [default_config_path()], args.set)
+    return validate(raw, registry())
+
+
+def _print_errors(errors) -> None:
+    print(f"invalid configuration ({len(errors)} error{'s' * (len(errors) != 1)}):",
+          file=sys.stderr)
+    for error in errors:
+        print(f"  {error}", file=sys.stderr)
+
+
+def cmd_validate(args) -> int:
+    try:
+        config = _load(args)
+    except ConfmapError as e:
+        _print_errors([e])
+        return EXIT_INVALID
+    except ConfigError as e:
+        _print_errors(e.errors)
+        return EXIT_INVALID
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print("configuration is valid")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from collector.service import Service  # keeps `validate` and `components` light
+
+    try:
+        config = _load(args)
+    except ConfmapError as e:
+        _print_errors([e])
+        return EXIT_INVALID
+    except ConfigError as e:
+        _print_errors(e.errors)
+        return EXIT_INVALID
+    logs = config.telemetry.logs
+    setup_logging("warning" if logs.level == "warn" else logs.level, logs.encoding)
+    for warning in config.warnings:
+        log.warning(str(warning))
+    try:
+        asyncio.run(Service(config).run())
+    except RuntimeError as e:
+        log.error(str(e))
+        return 1
+    return 0
+
+
+def cmd_components(_args) -> int:
+    for kind in Kind:
+        print(f"{kind.section}:")
+        for factory in registry().factories(kind):
+            if kind is Kind.CONNECTOR:
+                signals = ", ".join(f"{i}->{o}: {st}" for i, outs in factory.signals.items()
+                                    for o, st in outs.items())
+            else:
+                signals = ", ".join(f"{s}: {st}" for s, st in factory.signals.items())
+            aliases = f" (alias {', '.join(factory.aliases)})" if factory.aliases else ""
+            print(f"  {factory.type}{aliases}")
+            if signals:
+                print(f"    signals: {signals}")
+            if factory.description:
+                print(f"    {factory.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coldtail", description="coldtail collector")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the collector")
+    _add_config_args(run)
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("validate", help="check a config; exit 2 listing every error")
+    _add_config_args(check)
+    check.set_defaults(func=cmd_validate)
+    comps = sub.add_parser("components", help="list component types, signals and stability")
+    comps.set_defaults(func=cmd_components)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Validate a raw config tree into a ServiceConfig, reporting every error with its key path.
+
+Paths use the Collector's `::` separator: `processors::batch/fast::timeout: ...`.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from collector.component import ComponentID, Factory, Kind, Registry, Signal
+from collector.config_types import ComponentConfig, Duration, ListenEndpoint
+
+SIGNALS = ", ".join(s.value for s in Signal)
+
+
+class LogsConfig(ComponentConfig):
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    """Lowest level written to stderr. Default info."""
+    encoding: Literal["console", "json"] = "console"
+    """console: tab-separated text lines; json: one JSON object per line. Default console."""
+
+
+class MetricsConfig(ComponentConfig):
+    level: Literal["none", "basic", "normal", "detailed"] = "normal"
+    """none turns the own-metrics endpoint off. Default normal."""
+    address: ListenEndpoint = "127.0.0.1:8888"
+    """Where /metrics serves the collector's own metrics in Prometheus text. Default
+    127.0.0.1:8888."""
+
+
+class TelemetryConfig(ComponentConfig):
+    logs: LogsConfig = Field(default_factory=LogsConfig)
+    """The collector's own logs."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """The collector's own metrics."""
+
+
+class PipelineModel(ComponentConfig):
+    receivers: list[str] = Field(default_factory=list)
+    """Receivers (or connectors) feeding this pipeline. At least one."""
+    processors: list[str] = Field(default_factory=list)
+    """Processors, applied in order. Each pipeline gets its own instances."""
+    exporters: list[str] = Field(default_factory=list)
+    """Exporters (or connectors) the pipeline fans out to. At least one."""
+
+
+class ServiceModel(ComponentConfig):
+    extensions: list[str] = Field(default_factory=list)
+    """Extensions to run, started before and stopped after the pipelines."""
+    pipelines: dict[str, PipelineModel | None] = Field(default_factory=dict)
+    """Pipelines by id: `traces`, `metrics`, `logs`, or `<signal>/<name>`."""
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    """The collector's own logs and metrics."""
+    shutdown_timeout: Duration = 10.0
+    """How long a clean stop may take to drain processors and sending queues. Default 10s."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """Every error found in a config, each naming its key path."""
+
+    def __init__(self, errors: list[ConfigIssue]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+@dataclass
+class Pipeline:
+    id: str
+    signal: Signal
+    receivers: list[ComponentID]
+    processors: list[ComponentID]
+    exporters: list[ComponentID]
+
+
+@dataclass
+class ServiceConfig:
+    # kind -> id -> (factory, validated config model)
+    components: dict[Kind, dict[ComponentID, tuple[Factory, BaseModel]]]
+    pipelines: list[Pipeline]
+    extensions: list[ComponentID]
+    telemetry: TelemetryConfig
+    shutdown_timeout: float
+    warnings: list[ConfigIssue] = field(default_factory=list)
+
+    def component(self, kind: Kind, id: ComponentID) -> tuple[Factory, BaseModel]:
+        return self.components[kind][id]
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel inside Optional[...] / Union[...] / list[...] / dict[..., ...], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, dict):
+        for arg in typing.get_args(annotation):
+            found = _unwrap_model(arg)
+            if found:
+                return found
+    return None
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names of the model reached by following `loc` (minus the last element)."""
+    current: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if current is None:
+            return None
+        if isinstance(part, str) and part in current.model_fields:
+            current = _unwrap_model(current.model_fields[part].annotation)
+        # list indexes and dict keys keep the current model
+    return sorted(current.model_fields) if current else None
+
+
+def _pydantic_issues(
+    error: ValidationError, model: type[BaseModel], prefix: str
+) -> list[ConfigIssue]:
+    issues = []
+    for err in error.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        path = "::".join([prefix, *map(str, loc)])
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc)
+            message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif err["type"] == "missing":
+            message = "required key missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            if err["type"] in ("model_type", "dict_type") and err.get("input") is not None:
+                message = f"expected a map, got {err['input']!r}"
+        issues.append(ConfigIssue(path, message))
+    return issues
+
+
+def _validate_model(
+    model: type[BaseModel], raw: Any, prefix: str, errors: list[ConfigIssue]
+) -> BaseModel | None:
+    try:
+        return model.model_validate({} if raw is None else raw)
+    except ValidationError as e:
+        errors.extend(_pydantic_issues(e, model, prefix))
+        return None
+
+
+def _parse_pipeline_id(name: str) -> Signal | None:
+    signal, _, _ = name.partition("/")
+    try:
+        return Signal(signal)
+    except ValueError:
+        return None
+
+
+def validate(raw: dict, registry: Registry) -> ServiceConfig:
+    """Build a ServiceConfig from a raw tree; raises ConfigError listing every problem."""
+    errors: list[ConfigIssue] = []
+    warnings: list[ConfigIssue] = []
+    known_sections = {k.section for k in Kind} | {"service"}
+    for key in raw:
+        if key not in known_sections:
+            errors.append(
+                ConfigIssue(
+                    str(key),
+                    "unknown top-level key; allowed keys: " + ", ".join(sorted(known_sections)),
+                )
+            )
+
+    components: dict[Kind, dict[ComponentID, tuple[Factory, BaseModel]]] = {k: {} for k in Kind}
+    declared: dict[Kind, set[ComponentID]] = {k: set() for k in Kind}
+    for kind in Kind:
+        section = raw.get(kind.section) or {}
+        if not isinstance(section, dict):
+            errors.append(ConfigIssue(kind.section, f"expected a map of {kind.value} ids"))
+            continue
+        for key, body in section.items():
+            path = f"{kind.section}::{key}"
+            try:
+                cid = ComponentID.parse(key)
+            except ValueError as e:
+                errors.append(ConfigIssue(path, str(e)))
+                continue
+            declared[kind].add(cid)
+            factory = registry.get(kind, cid.type)
+            if factory is None:
+                errors.append(
+                    ConfigIssue(
+                        path,
+                        f"unknown type {cid.type!r}; known {kind.value} "
+                        f"types: {', '.join(registry.types(kind)) or 'none'}",
+                    )
+                )
+                continue
+            model = _validate_model(factory.config, body, path, errors)
+            if model is not None:
+                components[kind][cid] = (factory, model)
+
+    service = _validate_model(ServiceModel, raw.get("service"), "service", errors)
+    if service is None:
+        raise ConfigError(errors)
+
+    used: dict[Kind, set[ComponentID]] = {k: set() for k in Kind}
+    extensions = []
+    for i, text in enumerate(service.extensions):
+        ref = _resolve(text, [Kind.EXTENSION], declared, f"service::extensions::{i}", errors)
+        if ref:
+            extensions.append(ref[1])
+            used[Kind.EXTENSION].add(ref[1])
+
+    pipelines: list[Pipeline] = []
+    if not service.pipelines:
+        errors.append(ConfigIssue("service::pipelines", "at least one pipeline is required"))
+    for name, body in service.pipelines.items():
+        path = f"service::pipelines::{name}"
+        signal = _parse_pipeline_id(name)
+        if signal is None:
+            errors.append(
+                ConfigIssue(
+                    path,
+                    f"unknown signal in pipeline id {name!r}; expected "
+                    f"{SIGNALS}, optionally followed by /name",
+                )
+            )
+            continue
+        body = body or PipelineModel()
+        refs: dict[str, list[ComponentID]] = {}
+        for role, kinds in (
+            ("receivers", [Kind.RECEIVER, Kind.CONNECTOR]),
+            ("processors", [Kind.PROCESSOR]),
+            ("exporters", [Kind.EXPORTER, Kind.CONNECTOR]),
+        ):
+            ids = refs[role] = []
+            for i, text in enumerate(getattr(body, role)):
+                ref = _resolve(text, kinds, declared, f"{path}::{role}::{i}", errors)
+                if ref is None:
+                    continue
+                kind, cid = ref
+                if cid in ids:
+                    errors.append(
+                        ConfigIssue(
+                            f"{path}::{role}", f"references {kind.value} {cid} more than once"
+                        )
+                    )
+                    continue
+                ids.append(cid)
+                used[kind].add(cid)
+                _check_signal(kind, cid, role, signal, components, f"{path}::{role}", errors)
+            if role != "processors" and not ids and not getattr(body, role):
+                errors.append(ConfigIssue(path, f"must have at least one {role[:-1]}"))
+        pipelines.append(
+            Pipeline(name, signal, refs["receivers"], refs["processors"], refs["exporters"])
+        )
+
+    _check_connectors(pipelines, components, errors)
+    for kind in Kind:
+        for cid in sorted(declared[kind] - used[kind]):
+            where = "service::extensions" if kind is Kind.EXTENSION else "any pipeline"
+            warnings.append(
+                ConfigIssue(f"{kind.section}::{cid}", f"configured but not used in {where}")
+            )
+    if errors:
+        raise ConfigError(errors)
+    return ServiceConfig(
+        components, pipelines, extensions, service.telemetry, service.shutdown_timeout, warnings
+    )
+
+
+def _resolve(
+    text: Any, kinds: list[Kind], declared, path: str, errors: list[ConfigIssue]
+) -> tuple[Kind, ComponentID] | None:
+    try:
+        cid = ComponentID.parse(text)
+    except ValueError as e:
+        errors.append(ConfigIssue(path, str(e)))
+        return None
+    for kind in kinds:
+        if cid in declared[kind]:
+            return kind, cid
+    names = " or ".join(k.value for k in kinds)
+    sections = " or ".join(k.section for k in kinds)
+    errors.append(
+        ConfigIssue(path, f"references {names} {cid!s} which is not configured under {sections}")
+    )
+    return None
+
+
+def _check_signal(kind, cid, role, signal, components, path, errors) -> None:
+    entry = components[kind].get(cid)
+    if entry is None:  # its own config error is already reported
+        return
+    factory = entry[0]
+    if kind is Kind.CONNECTOR:
+        # As an exporter it consumes `signal`; as a receiver it emits `signal`.
+        ok = (
+            signal in factory.signals
+            if role == "exporters"
+            else any(signal in outs for outs in factory.signals.values())
+        )
+        if not ok:
+            errors.append(
+                ConfigIssue(
+                    path,
+                    f"connector {cid} does not support {signal} as "
+                    f"{'input' if role == 'exporters' else 'output'}",
+                )
+            )
+    elif not factory.supports(signal):
+        supported = ", ".join(s.value for s in factory.signals) or "no signal"
+        errors.append(
+            ConfigIssue(
+                path, f"{kind.value} {cid} does not support {signal} (supports {supported})"
+            )
+        )
+
+
+def _check_connectors(pipelines: list[Pipeline], components, errors) -> None:
+    for cid, (factory, _) in components[Kind.CONNECTOR].items():
+        ins = {p.signal for p in pipelines if cid in p.exporters}
+        outs = {p.signal for p in pipelines if cid in p.receivers}
+        if not ins and not outs:
+            continue
+        if not ins or not outs:
+            missing = "an exporter" if not ins else "a receiver"
+            errors.append(
+                ConfigIssue(
+                    f"connectors::{cid}",
+                    f"must be used as both an exporter "
+                    f"and a receiver; it is never used as {missing}",
+                )
+            )
+            continue
+        if not any(factory.connects(i, o) for i in ins for o in outs):
+            errors.append(
+                ConfigIssue(
+                    f"connectors::{cid}",
+                    "connects no pipeline pair it "
+                    "supports: "
+                    + ", ".join(f"{i}->{o}" for i, outs_ in factory.signals.items() for o in outs_),
+                )
+            )

@@ -1,0 +1,143 @@
+"""The README's component reference, generated from the registry and the config models.
+
+`python -m collector.docs README.md` rewrites the block between the markers in place;
+`--check` exits 1 when the README is out of date (the test suite runs it).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from collector.component import Factory, Kind
+from collector.components import registry
+from collector.config import ServiceModel
+from collector.config_types import format_duration, parse_duration
+
+BEGIN = "<!-- BEGIN GENERATED COMPONENT REFERENCE -->"
+END = "<!-- END GENERATED COMPONENT REFERENCE -->"
+
+
+def _is_duration(field: FieldInfo) -> bool:
+    return any(getattr(m, "func", None) is parse_duration for m in field.metadata)
+
+
+def _nested_model(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return None
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        value = field.default_factory()
+        if isinstance(value, BaseModel):
+            return ""
+    else:
+        value = field.default
+    if value is PydanticUndefined or value is None:
+        return ""
+    if _is_duration(field) and isinstance(value, int | float):
+        return f"`{format_duration(value)}`"
+    if value in ([], {}, ""):
+        return "empty"
+    return f"`{value}`"
+
+
+def _type_name(annotation) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("collector.config_types.", "")
+
+
+def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        doc = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{key}` | {_default(field)} | {doc} |")
+        nested = _nested_model(field.annotation)
+        if nested is not None:
+            rows.extend(_rows(nested, f"{key}."))
+    return rows
+
+
+def _section(factory: Factory) -> str:
+    if factory.kind is Kind.CONNECTOR:
+        signals = ", ".join(
+            f"{i} → {o} ({st})" for i, outs in factory.signals.items() for o, st in outs.items()
+        )
+    else:
+        signals = ", ".join(f"{s} ({st})" for s, st in factory.signals.items())
+    lines = [f"### {factory.kind.value} `{factory.type}`", ""]
+    if factory.description:
+        lines += [factory.description, ""]
+    meta = []
+    if signals:
+        meta.append(f"Signals: {signals}.")
+    if factory.aliases:
+        meta.append("Also named " + ", ".join(f"`{a}`" for a in factory.aliases) + ".")
+    if meta:
+        lines += [" ".join(meta), ""]
+    rows = _rows(factory.config)
+    if rows:
+        lines += ["| option | default | meaning |", "| --- | --- | --- |", *rows, ""]
+    else:
+        lines += ["No options.", ""]
+    return "\n".join(lines)
+
+
+def reference() -> str:
+    parts = [BEGIN, ""]
+    for factory in registry().factories():
+        parts.append(_section(factory))
+    parts += [
+        "### `service`",
+        "",
+        "| option | default | meaning |",
+        "| --- | --- | --- |",
+        *_rows(ServiceModel),
+        "",
+        END,
+    ]
+    return "\n".join(parts)
+
+
+def render(readme: str) -> str:
+    head, sep, rest = readme.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise ValueError(f"README lacks the markers {BEGIN} ... {END}")
+    return head + reference() + tail
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    path = Path(next((a for a in argv if not a.startswith("--")), "README.md"))
+    current = path.read_text()
+    updated = render(current)
+    if check:
+        if updated != current:
+            print(
+                f"{path} component reference is out of date: run python -m collector.docs {path}",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    path.write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,29 @@
+"""Read OTLP/JSON lines files (file exporter output) back into export requests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from collector import otlpjson
+from collector.component import Signal
+from collector.pdata import REQUEST_TYPES
+
+_TOP_KEYS = {
+    "resourceSpans": Signal.TRACES,
+    "resourceMetrics": Signal.METRICS,
+    "resourceLogs": Signal.LOGS,
+}
+
+
+def read_requests(*paths: str | Path) -> dict[Signal, list]:
+    """Every line of the files, parsed into the request type its top-level key names."""
+    out: dict[Signal, list] = {s: [] for s in Signal}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if not line.strip():
+                continue
+            key = next(iter(json.loads(line)), None)
+            signal = _TOP_KEYS[key]
+            out[signal].append(otlpjson.parse(line, REQUEST_TYPES[signal]))
+    return out
