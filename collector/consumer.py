@@ -1,8 +1,10 @@
 """Consumer protocol and the error classes every component uses to classify failures.
 
 A consumer takes one signal's batch (see collector.pdata). It raises PermanentError for data
-that can never be accepted (never retried; 400 / INVALID_ARGUMENT at a receiver) and
-RetryableError when the same data may succeed later (503 / UNAVAILABLE with Retry-After).
+that can never be accepted (never retried; a receiver answers 500 / INTERNAL, as the OTel
+Collector does, or partial success when only some items were rejected) and RetryableError when
+the same data may succeed later (503 / UNAVAILABLE with Retry-After). Data a receiver cannot
+decode never reaches a consumer: it is answered 400 / INVALID_ARGUMENT there.
 """
 
 from __future__ import annotations

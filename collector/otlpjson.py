@@ -60,12 +60,16 @@ def parse(data: bytes | str, message_type):
         tree = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("invalid JSON: nested too deeply") from None
     if not isinstance(tree, dict):
         raise ValueError("invalid OTLP/JSON: the top level must be an object")
-    _hex_to_b64(tree)
     message = message_type()
     try:
+        _hex_to_b64(tree)
         json_format.ParseDict(tree, message, ignore_unknown_fields=True)
     except json_format.ParseError as e:
         raise ValueError(f"invalid OTLP/JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("invalid OTLP/JSON: nested too deeply") from None
     return message

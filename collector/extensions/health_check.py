@@ -1,0 +1,108 @@
+"""The `health_check` extension: an HTTP endpoint for liveness and readiness probes.
+
+Answers 200 while the service is ready and 503 otherwise, with the OTel Collector's JSON body.
+Extensions start before the pipelines and stop after them, so the status is read from the host
+on every request rather than cached. `upSince` is when the extension started: the host reports
+a status, not when it changed.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from aiohttp import web
+from pydantic import field_validator
+
+from collector.component import Factory, Kind, Settings
+from collector.config_types import ComponentConfig, ListenEndpoint, format_duration, split_endpoint
+
+
+class ResponseBody(ComponentConfig):
+    healthy: str = ""
+    """Body of the 200 response, sent as plain text. Default empty: an empty body."""
+
+    unhealthy: str = ""
+    """Body of the 503 response, sent as plain text. Default empty: an empty body."""
+
+
+class Config(ComponentConfig):
+    endpoint: ListenEndpoint = "127.0.0.1:13133"
+    """host:port to listen on. Default 127.0.0.1:13133; port 0 picks a free port."""
+
+    path: str = "/"
+    """URL path that answers health checks; other paths give 404. Default /."""
+
+    response_body: ResponseBody | None = None
+    """Fixed plain-text bodies instead of the JSON status. Absent (the default) means JSON."""
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {path!r}")
+        return path
+
+
+class HealthCheck:
+    """Serves GET (and HEAD) on `path`. After start, `endpoint` is the bound host:port."""
+
+    def __init__(self, settings: Settings, config: Config) -> None:
+        self.config = config
+        self.log = settings.logger
+        self.endpoint: str | None = None
+        self._host = None
+        self._runner: web.AppRunner | None = None
+        self._started_at: datetime | None = None
+        self._started_monotonic = 0.0
+
+    async def start(self, host) -> None:
+        self._host = host
+        self._started_at = datetime.now(UTC)
+        self._started_monotonic = time.monotonic()
+        app = web.Application()
+        app.router.add_get(self.config.path, self._check)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        address, port = split_endpoint(self.config.endpoint)
+        site = web.TCPSite(self._runner, address, port)
+        try:
+            await site.start()
+        except OSError:
+            await self.shutdown()
+            raise
+        bound = site._server.sockets[0].getsockname()[1]
+        self.endpoint = f"[{address}]:{bound}" if ":" in address else f"{address}:{bound}"
+        self.log.info("health check served", extra={"kv": {"endpoint": self.endpoint}})
+
+    async def _check(self, _request: web.Request) -> web.Response:
+        healthy = self._host.status == "ready"
+        status = 200 if healthy else 503
+        fixed = self.config.response_body
+        if fixed is not None:
+            return web.Response(status=status, text=fixed.healthy if healthy else fixed.unhealthy)
+        if not healthy:
+            return web.json_response({"status": "Server not available"}, status=status)
+        uptime = round(time.monotonic() - self._started_monotonic, 6)
+        return web.json_response(
+            {
+                "status": "Server available",
+                "upSince": self._started_at.isoformat().replace("+00:00", "Z"),
+                "uptime": format_duration(uptime),
+            }
+        )
+
+    async def shutdown(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner:
+            await runner.cleanup()
+
+
+factory = Factory(
+    kind=Kind.EXTENSION,
+    type="health_check",
+    config=Config,
+    create=HealthCheck,
+    signals={},
+    description="HTTP health endpoint: 200 while the collector is ready, 503 otherwise.",
+)

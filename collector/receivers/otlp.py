@@ -1,0 +1,519 @@
+"""The `otlp` receiver: OTLP over gRPC and over HTTP (protobuf or JSON), on one event loop.
+
+Requests are parsed once into the signal's export request and handed to the pipeline as is.
+Failures map as in the OTel Collector: undecodable data is 400 / INVALID_ARGUMENT, a retryable
+pipeline error is 503 + Retry-After / UNAVAILABLE + RetryInfo, a permanent pipeline error is
+500 / INTERNAL (or a partial success when only some items were rejected).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from collector import otlpjson
+from collector.component import Factory, Host, Kind, Settings, Signal, Stability
+from collector.config_types import ComponentConfig, ListenEndpoint, split_endpoint
+from collector.consumer import Consumer, PermanentError, RetryableError
+from collector.pdata import REQUEST_TYPES, RESPONSE_TYPES, count_items
+
+_MIB = 1024 * 1024
+_DEFAULT_MAX_REQUEST_BODY_SIZE = 20 * _MIB
+# Sent when the pipeline gives no hint; clients back off exponentially from here anyway.
+_DEFAULT_RETRY_AFTER_S = 1
+# Long enough for in-flight exports to answer, short enough not to stall a shutdown.
+_SHUTDOWN_GRACE_S = 5.0
+
+
+def _null_is_defaults(value: object) -> object:
+    # `grpc:` with nothing after it is YAML null and means "enabled, with defaults".
+    return {} if value is None else value
+
+
+def _zero_is_default_body_size(value: int) -> int:
+    return value or _DEFAULT_MAX_REQUEST_BODY_SIZE
+
+
+def _url_path(value: object) -> object:
+    if isinstance(value, str) and not value.startswith("/"):
+        return "/" + value
+    return value
+
+
+_Defaulted = BeforeValidator(_null_is_defaults)
+_UrlPath = Annotated[str, BeforeValidator(_url_path)]
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+class CorsConfig(ComponentConfig):
+    allowed_origins: list[str] = []
+    """Origins allowed to send cross-origin requests; `*` matches any run of characters, as in
+    `https://*.example.com`, and a lone `*` allows every origin. Default: empty, CORS off."""
+
+    allowed_headers: list[str] = []
+    """Request headers allowed beyond Accept, Content-Type, Content-Encoding, Origin and
+    X-Requested-With (always allowed); `*` allows any. Default: empty, only those."""
+
+    max_age: int = Field(0, ge=0)
+    """How long browsers may cache a preflight answer, in seconds. Default 0: no
+    Access-Control-Max-Age header, the browser's own default applies."""
+
+
+class GrpcConfig(ComponentConfig):
+    endpoint: ListenEndpoint = "127.0.0.1:4317"
+    """host:port to listen on for OTLP/gRPC. Default 127.0.0.1:4317 (local only); port 0 picks
+    a free port."""
+
+    max_recv_msg_size_mib: int = Field(4, ge=0)
+    """Largest request accepted, in MiB, measured after decompression; larger ones get
+    RESOURCE_EXHAUSTED. Default 4; 0 means the gRPC default (4 MiB)."""
+
+    max_concurrent_streams: int = Field(0, ge=0)
+    """Most concurrent streams (requests) per client connection. Default 0: the gRPC default
+    (no limit)."""
+
+
+class HttpConfig(ComponentConfig):
+    endpoint: ListenEndpoint = "127.0.0.1:4318"
+    """host:port to listen on for OTLP/HTTP. Default 127.0.0.1:4318 (local only); port 0 picks
+    a free port."""
+
+    max_request_body_size: Annotated[int, AfterValidator(_zero_is_default_body_size)] = Field(
+        _DEFAULT_MAX_REQUEST_BODY_SIZE, ge=0
+    )
+    """Largest request body accepted, in bytes, both as sent and after decompression; larger
+    ones get 413. Default 20971520 (20 MiB); 0 means that default."""
+
+    traces_url_path: _UrlPath = "/v1/traces"
+    """URL path receiving traces. Default /v1/traces."""
+
+    metrics_url_path: _UrlPath = "/v1/metrics"
+    """URL path receiving metrics. Default /v1/metrics."""
+
+    logs_url_path: _UrlPath = "/v1/logs"
+    """URL path receiving logs. Default /v1/logs."""
+
+    cors: Annotated[CorsConfig, _Defaulted] = Field(default_factory=CorsConfig)
+    """Cross-origin (browser) access. Default: off."""
+
+    @model_validator(mode="after")
+    def _distinct_paths(self) -> HttpConfig:
+        paths = [self.traces_url_path, self.metrics_url_path, self.logs_url_path]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"traces, metrics and logs URL paths must differ, got {paths}")
+        return self
+
+    def url_path(self, signal: Signal) -> str:
+        return getattr(self, f"{signal.value}_url_path")
+
+
+class Protocols(ComponentConfig):
+    grpc: Annotated[GrpcConfig | None, _Defaulted] = None
+    """OTLP/gRPC server. Present (even empty) enables it; absent disables it."""
+
+    http: Annotated[HttpConfig | None, _Defaulted] = None
+    """OTLP/HTTP server. Present (even empty) enables it; absent disables it."""
+
+
+class Config(ComponentConfig):
+    protocols: Annotated[Protocols, _Defaulted] = Field(default_factory=Protocols)
+    """The transports to serve; at least one of grpc and http must be set."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_body(cls, data: object) -> object:
+        # `otlp:` with nothing after it must fail on the missing protocols, not on its type.
+        return _null_is_defaults(data)
+
+    @model_validator(mode="after")
+    def _some_protocol(self) -> Config:
+        if self.protocols.grpc is None and self.protocols.http is None:
+            raise ValueError(
+                "must specify at least one protocol (protocols::grpc or protocols::http) "
+                "when using the OTLP receiver"
+            )
+        return self
+
+
+# --- encodings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Codec:
+    content_type: str
+    decode: Callable[[bytes, type], Any]
+    encode: Callable[[Any], bytes]
+
+
+_PROTOBUF = _Codec(
+    "application/x-protobuf",
+    lambda data, message_type: message_type.FromString(data),
+    lambda message: message.SerializeToString(),
+)
+_JSON = _Codec("application/json", otlpjson.parse, lambda message: otlpjson.dumps(message).encode())
+_CODECS = {codec.content_type: codec for codec in (_PROTOBUF, _JSON)}
+
+# zlib window bits per Content-Encoding ("deflate" is the zlib format, as in HTTP).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+_REJECTED_FIELD = {
+    Signal.TRACES: "rejected_spans",
+    Signal.METRICS: "rejected_data_points",
+    Signal.LOGS: "rejected_log_records",
+}
+
+_SERVICES = {
+    Signal.TRACES: trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
+    Signal.METRICS: metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
+    Signal.LOGS: logs_service_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name,
+}
+
+_HTTP_TO_RPC_CODE = {
+    400: code_pb2.INVALID_ARGUMENT,
+    413: code_pb2.RESOURCE_EXHAUSTED,
+    500: code_pb2.INTERNAL,
+    503: code_pb2.UNAVAILABLE,
+}
+
+_SAFE_CORS_HEADERS = frozenset(
+    {"accept", "content-type", "content-encoding", "origin", "x-requested-with"}
+)
+
+
+class _RequestError(Exception):
+    """A request refused before it reaches the pipeline, with its HTTP status."""
+
+    def __init__(self, http_status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+def _decompress(body: bytes, content_encoding: str, limit: int) -> bytes:
+    """Inflate `body`, producing at most `limit` bytes: a compression bomb is refused as soon
+    as its output passes the limit, without inflating the rest."""
+    coding = content_encoding.strip().lower()
+    if coding in ("", "identity"):
+        return body
+    wbits = _WBITS.get(coding)
+    if wbits is None:
+        raise _RequestError(400, f"unsupported Content-Encoding {content_encoding!r}")
+    parts: list[bytes] = []
+    size = 0
+    remaining = body
+    # gzip allows several concatenated members; each needs a fresh decompressor.
+    while remaining:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(remaining, limit + 1 - size)
+        except zlib.error as e:
+            raise _RequestError(400, f"invalid {coding} body: {e}") from None
+        size += len(part)
+        if size > limit:
+            raise _RequestError(413, f"decompressed body exceeds {limit} bytes")
+        if not inflater.eof:
+            raise _RequestError(400, f"truncated {coding} body")
+        parts.append(part)
+        remaining = inflater.unused_data if coding == "gzip" else b""
+    return b"".join(parts)
+
+
+def _retry_after_s(error: RetryableError) -> float:
+    return _DEFAULT_RETRY_AFTER_S if error.retry_after is None else max(0.0, error.retry_after)
+
+
+def _status(code: int, message: str, retry_after_s: float | None = None) -> status_pb2.Status:
+    status = status_pb2.Status(code=code, message=message)
+    if retry_after_s is not None:
+        delay = Duration()
+        delay.FromNanoseconds(round(retry_after_s * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status
+
+
+def _with_port(endpoint: str, port: int) -> str:
+    """The configured endpoint with the port actually bound (they differ for port 0)."""
+    return f"{endpoint.rpartition(':')[0]}:{port}"
+
+
+def _origin_matcher(patterns: list[str]) -> Callable[[str], bool]:
+    regexes = [
+        re.compile(".*".join(re.escape(part) for part in p.lower().split("*"))) for p in patterns
+    ]
+    return lambda origin: any(r.fullmatch(origin.lower()) for r in regexes)
+
+
+# --- the receiver ---------------------------------------------------------------------------
+
+
+class OtlpReceiver:
+    """Serves OTLP/gRPC and OTLP/HTTP for the signals in `next` (others: UNIMPLEMENTED / 404).
+
+    After start, `grpc_endpoint` / `http_endpoint` hold the bound "host:port" (None when that
+    protocol is off)."""
+
+    def __init__(self, settings: Settings, config: Config, next: Mapping[Signal, Consumer]) -> None:
+        self.settings = settings
+        self.config = config
+        self.next = dict(next)
+        self.log = settings.logger
+        self.grpc_endpoint: str | None = None
+        self.http_endpoint: str | None = None
+        self._grpc_server: grpc.aio.Server | None = None
+        self._http_runner: web.AppRunner | None = None
+        telemetry, receiver = settings.telemetry, str(settings.id)
+        self._counters = {
+            (signal, transport): (
+                telemetry.receiver_accepted[signal].labels(receiver=receiver, transport=transport),
+                telemetry.receiver_refused[signal].labels(receiver=receiver, transport=transport),
+            )
+            for signal in self.next
+            for transport in ("grpc", "http")
+        }
+        http = config.protocols.http
+        cors = http.cors if http else CorsConfig()
+        self._cors = cors if cors.allowed_origins else None
+        self._cors_origin_allowed = _origin_matcher(cors.allowed_origins)
+
+    async def start(self, host: Host) -> None:
+        protocols = self.config.protocols
+        try:
+            if protocols.grpc is not None:
+                self.grpc_endpoint = await self._start_grpc(protocols.grpc)
+                self.log.info("OTLP/gRPC listening", extra={"kv": {"endpoint": self.grpc_endpoint}})
+            if protocols.http is not None:
+                self.http_endpoint = await self._start_http(protocols.http)
+                self.log.info("OTLP/HTTP listening", extra={"kv": {"endpoint": self.http_endpoint}})
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def shutdown(self) -> None:
+        if self._grpc_server is not None:
+            server, self._grpc_server = self._grpc_server, None
+            await server.stop(_SHUTDOWN_GRACE_S)
+        if self._http_runner is not None:
+            runner, self._http_runner = self._http_runner, None
+            await runner.cleanup()
+
+    async def _export(self, signal: Signal, batch, transport: str):
+        """Push `batch` down the pipeline and return the export response; pipeline errors
+        propagate, except a partial rejection, which the response reports."""
+        response = RESPONSE_TYPES[signal]()
+        items = count_items(batch)
+        if items == 0:
+            return response
+        accepted, refused = self._counters[signal, transport]
+        try:
+            await self.next[signal].consume(batch)
+        except PermanentError as e:
+            if e.rejected is None or e.rejected >= items:
+                refused.inc(items)
+                raise
+            accepted.inc(items - e.rejected)
+            refused.inc(e.rejected)
+            setattr(response.partial_success, _REJECTED_FIELD[signal], e.rejected)
+            response.partial_success.error_message = str(e)
+            return response
+        except Exception:
+            refused.inc(items)
+            raise
+        accepted.inc(items)
+        return response
+
+    # --- gRPC ---------------------------------------------------------------------------------
+
+    async def _start_grpc(self, config: GrpcConfig) -> str:
+        # Without this, grpc binds with SO_REUSEPORT and a second collector on the same port
+        # would silently take half the traffic instead of failing to start.
+        options = [("grpc.so_reuseport", 0)]
+        if config.max_recv_msg_size_mib:
+            options.append(("grpc.max_receive_message_length", config.max_recv_msg_size_mib * _MIB))
+        if config.max_concurrent_streams:
+            options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
+        server = self._grpc_server = grpc.aio.server(options=options)
+        for signal in self.next:
+            # Requests arrive as bytes and are parsed here, so undecodable ones can be answered
+            # with INVALID_ARGUMENT (grpc's own deserializer would report UNKNOWN).
+            handler = grpc.unary_unary_rpc_method_handler(
+                functools.partial(self._grpc_export, signal),
+                response_serializer=RESPONSE_TYPES[signal].SerializeToString,
+            )
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(_SERVICES[signal], {"Export": handler}),)
+            )
+        try:
+            port = server.add_insecure_port(config.endpoint)
+        except RuntimeError as e:
+            raise OSError(f"cannot listen on {config.endpoint} for OTLP/gRPC: {e}") from None
+        await server.start()
+        return _with_port(config.endpoint, port)
+
+    async def _grpc_export(self, signal: Signal, data: bytes, context: grpc.aio.ServicerContext):
+        try:
+            batch = REQUEST_TYPES[signal].FromString(data)
+        except DecodeError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            return await self._export(signal, batch, "grpc")
+        except RetryableError as e:
+            status = _status(code_pb2.UNAVAILABLE, str(e), _retry_after_s(e))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                status.message,
+                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+            )
+        except PermanentError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        except Exception as e:
+            self.log.error("OTLP/gRPC export failed", exc_info=True)
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    async def _start_http(self, config: HttpConfig) -> str:
+        app = web.Application()
+        for signal in self.next:
+            app.router.add_route(
+                "*", config.url_path(signal), functools.partial(self._http_export, signal)
+            )
+        if self._cors:
+            app.on_response_prepare.append(self._add_cors_origin)
+        # Bodies are decompressed here rather than by aiohttp, to bound the inflated size.
+        runner = self._http_runner = web.AppRunner(
+            app, access_log=None, auto_decompress=False, shutdown_timeout=_SHUTDOWN_GRACE_S
+        )
+        await runner.setup()
+        host, port = split_endpoint(config.endpoint)
+        await web.TCPSite(runner, host, port).start()
+        return _with_port(config.endpoint, runner.addresses[0][1])
+
+    async def _http_export(self, signal: Signal, request: web.Request) -> web.StreamResponse:
+        if (
+            self._cors
+            and request.method == "OPTIONS"
+            and "Access-Control-Request-Method" in request.headers
+        ):
+            return self._cors_preflight(self._cors, request)
+        if request.method != "POST":
+            return web.Response(
+                status=405,
+                text="405 method not allowed, supported: [POST]",
+                headers={"Allow": "POST"},
+            )
+        codec = _CODECS.get(request.content_type)
+        if codec is None:
+            return web.Response(
+                status=415,
+                text=f"415 unsupported media type, supported: [{', '.join(_CODECS)}]",
+            )
+        try:
+            body = await self._read_body(request)
+            batch = codec.decode(body, REQUEST_TYPES[signal])
+        except _RequestError as e:
+            return self._status_response(codec, e.http_status, str(e))
+        # RecursionError: JSON nested deeper than the parser can follow.
+        except (DecodeError, ValueError, RecursionError) as e:
+            return self._status_response(codec, 400, str(e))
+        try:
+            response = await self._export(signal, batch, "http")
+        except RetryableError as e:
+            return self._status_response(codec, 503, str(e), _retry_after_s(e))
+        except PermanentError as e:
+            return self._status_response(codec, 500, str(e))
+        except Exception as e:
+            self.log.error("OTLP/HTTP export failed", exc_info=True)
+            return self._status_response(codec, 500, str(e))
+        return web.Response(body=codec.encode(response), content_type=codec.content_type)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.config.protocols.http.max_request_body_size
+        if request.content_length is not None and request.content_length > limit:
+            raise _RequestError(413, f"body of {request.content_length} bytes exceeds {limit}")
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise _RequestError(413, f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+        return _decompress(b"".join(chunks), request.headers.get("Content-Encoding", ""), limit)
+
+    @staticmethod
+    def _status_response(
+        codec: _Codec,
+        http_status: int,
+        message: str,
+        retry_after_s: float | None = None,
+    ) -> web.Response:
+        status = _status(_HTTP_TO_RPC_CODE[http_status], message, retry_after_s)
+        response = web.Response(
+            status=http_status, body=codec.encode(status), content_type=codec.content_type
+        )
+        if retry_after_s is not None:
+            response.headers["Retry-After"] = str(math.ceil(retry_after_s))
+        return response
+
+    # --- CORS ---------------------------------------------------------------------------------
+
+    def _cors_preflight(self, cors: CorsConfig, request: web.Request) -> web.Response:
+        # A refused preflight is still a 204, without the allow headers: the browser then
+        # blocks the real request.
+        response = web.Response(status=204)
+        response.headers["Vary"] = "Access-Control-Request-Method, Access-Control-Request-Headers"
+        requested = [
+            h.strip()
+            for h in request.headers.get("Access-Control-Request-Headers", "").split(",")
+            if h.strip()
+        ]
+        allowed_headers = _SAFE_CORS_HEADERS | {h.lower() for h in cors.allowed_headers}
+        if (
+            not self._cors_origin_allowed(request.headers.get("Origin", ""))
+            or request.headers["Access-Control-Request-Method"].upper() != "POST"
+            or (
+                "*" not in allowed_headers
+                and any(h.lower() not in allowed_headers for h in requested)
+            )
+        ):
+            return response
+        response.headers["Access-Control-Allow-Methods"] = "POST"
+        if requested:
+            response.headers["Access-Control-Allow-Headers"] = ", ".join(requested)
+        if cors.max_age:
+            response.headers["Access-Control-Max-Age"] = str(cors.max_age)
+        return response
+
+    async def _add_cors_origin(self, request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin and self._cors_origin_allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers.add("Vary", "Origin")
+
+
+factory = Factory(
+    kind=Kind.RECEIVER,
+    type="otlp",
+    config=Config,
+    create=OtlpReceiver,
+    signals={
+        Signal.TRACES: Stability.BETA,
+        Signal.METRICS: Stability.BETA,
+        Signal.LOGS: Stability.BETA,
+    },
+    description="Traces, metrics and logs over OTLP/gRPC and OTLP/HTTP (protobuf or JSON).",
+)
