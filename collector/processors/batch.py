@@ -1,0 +1,236 @@
+"""batch processor: merges incoming batches into larger requests and sends them when
+`send_batch_size` items are held or `timeout` has passed, as the OTel Collector's batch processor
+does. Requests above `send_batch_max_size` items are split.
+
+Data is acknowledged once held: errors of the next consumer on a flush are logged, not returned
+to the sender (as in the Collector).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from pydantic import Field, model_validator
+
+from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.config_types import ComponentConfig, Duration
+from collector.consumer import Consumer
+from collector.pdata import count_items, metric_points, new_batch, resources, signal_of
+from collector.processors.base import Processor
+from collector.processors.matching import LEVELS
+
+
+class Config(ComponentConfig):
+    send_batch_size: int = Field(8192, ge=0)
+    """Items (spans, metric data points, log records) held after which a batch is sent without
+    waiting for the timeout; a trigger, not a size limit. Default 8192. 0: no size trigger, batches
+    are sent on timeout only (or at send_batch_max_size items when that is set)."""
+    timeout: Duration = Field(0.2, ge=0)
+    """Longest time a batch is held before it is sent, whatever its size. Default 200ms. 0: no
+    buffering; every incoming batch is sent at once (split by send_batch_max_size), and errors of
+    the next consumer then reach the sender."""
+    send_batch_max_size: int = Field(0, ge=0)
+    """Upper limit of items in one outgoing batch; larger ones are split, keeping resource and
+    scope (metrics are split by data point, repeating the metric). Default 0: no limit; otherwise
+    it must be at least send_batch_size."""
+
+    @model_validator(mode="after")
+    def _max_size(self):
+        if 0 < self.send_batch_max_size < self.send_batch_size:
+            raise ValueError(
+                f"send_batch_max_size ({self.send_batch_max_size}) must be 0 (no limit) or at "
+                f"least send_batch_size ({self.send_batch_size})"
+            )
+        return self
+
+
+class BatchProcessor(Processor):
+    # Held batches become (and are merged into) the outgoing requests, so each must be ours.
+    mutates_data = True
+
+    def __init__(self, settings: Settings, config: Config, signal: Signal, next: Consumer) -> None:
+        super().__init__(settings, config, signal, next)
+        self._held: list = []
+        self._held_items = 0
+        self._trigger = config.send_batch_size or config.send_batch_max_size
+        self._deadline = 0.0
+        self._wake = asyncio.Event()
+        self._timer: asyncio.Task | None = None
+        self._stopping = False
+
+    async def start(self, host) -> None:
+        if self.config.timeout > 0 and self._timer is None:
+            self._timer = asyncio.create_task(self._run_timer(), name=f"{self.settings.id} timer")
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        if self._timer is not None:
+            # Not cancelled: a send in progress must finish rather than lose its batch.
+            self._wake.set()
+            await self._timer
+            self._timer = None
+        if self._held:
+            await self._send(self._take(everything=True))
+
+    async def consume(self, batch) -> None:
+        items = count_items(batch)
+        self._incoming.inc(items)
+        if items == 0:
+            return
+        if self.config.timeout == 0 or self._stopping:
+            for chunk in self._split(batch):
+                await self.forward(chunk)
+            return
+        if not self._held:
+            self._deadline = asyncio.get_running_loop().time() + self.config.timeout
+            self._wake.set()
+        self._held.append(batch)
+        self._held_items += items
+        if self._trigger and self._held_items >= self._trigger:
+            await self._send(self._take(everything=False))
+
+    async def _run_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            self._wake.clear()
+            if not self._held:
+                await self._wake.wait()
+                continue
+            delay = self._deadline - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                continue
+            await self._send(self._take(everything=True))
+
+    def _take(self, everything: bool) -> list:
+        """Remove the held data as outgoing batches. Unless `everything`, a last chunk smaller
+        than the size trigger stays held for the next send."""
+        merged = self._held[0]
+        for batch in self._held[1:]:
+            merged.MergeFrom(batch)
+        total, self._held, self._held_items = self._held_items, [], 0
+        chunks = self._split(merged)
+        max_size = self.config.send_batch_max_size
+        rest = total - max_size * (len(chunks) - 1) if max_size else total
+        if not everything and rest < self._trigger:
+            self._held, self._held_items = [chunks.pop()], rest
+            self._deadline = asyncio.get_running_loop().time() + self.config.timeout
+        return chunks
+
+    def _split(self, batch) -> list:
+        limit = self.config.send_batch_max_size
+        return split_batch(batch, limit) if limit else [batch]
+
+    async def _send(self, chunks: list) -> None:
+        for chunk in chunks:
+            try:
+                await self.forward(chunk)
+            except Exception as exc:
+                self.log.error(
+                    "batch dropped: the next consumer failed",
+                    extra={"kv": {"items": count_items(chunk), "error": repr(exc)}},
+                )
+
+
+def split_batch(batch, limit: int) -> list:
+    """`batch` as chunks of at most `limit` items, in order, all but the last exactly full. Each
+    chunk repeats the resource and scope of the items it holds; a metric whose data points span
+    chunks is repeated with its descriptor. Resources and scopes without items are left out."""
+    if count_items(batch) <= limit:
+        return [batch]
+    writer = _ChunkWriter(signal_of(batch), limit)
+    for res in resources(batch):
+        for scope in getattr(res, writer.scopes_field):
+            items = getattr(scope, writer.items_field)
+            if writer.signal is Signal.METRICS:
+                for metric in items:
+                    writer.add_metric(res, scope, metric)
+            else:
+                writer.add_items(res, scope, items)
+    return writer.chunks
+
+
+class _ChunkWriter:
+    def __init__(self, signal: Signal, limit: int) -> None:
+        self.signal = signal
+        self.scopes_field, self.items_field = LEVELS[signal]
+        self.chunks: list = []
+        self._limit = limit
+        self._room = 0
+        self._res_source = self._scope_source = None
+        self._out_res = self._target = None
+
+    def add_items(self, res, scope, items) -> None:
+        start = 0
+        while start < len(items):
+            target = self._items_for(res, scope, need_room=True)
+            end = start + min(self._room, len(items) - start)
+            target.extend(items[start:end])
+            self._room -= end - start
+            start = end
+
+    def add_metric(self, res, scope, metric) -> None:
+        points = metric_points(metric)
+        target = self._items_for(res, scope, need_room=len(points) > 0)
+        if len(points) <= self._room:
+            target.add().CopyFrom(metric)
+            self._room -= len(points)
+            return
+        start = 0
+        while start < len(points):
+            target = self._items_for(res, scope, need_room=True)
+            end = start + min(self._room, len(points) - start)
+            part = target.add()
+            _copy_descriptor(metric, part)
+            metric_points(part).extend(points[start:end])
+            self._room -= end - start
+            start = end
+
+    def _items_for(self, res, scope, need_room: bool):
+        """The repeated items field for (res, scope) in the current chunk; a new chunk is opened
+        when there is none yet or it is full and room is needed."""
+        if not self.chunks or (need_room and self._room == 0):
+            self.chunks.append(new_batch(self.signal))
+            self._room = self._limit
+            self._res_source = self._scope_source = None
+        if self._res_source is not res:
+            self._out_res = resources(self.chunks[-1]).add()
+            self._out_res.resource.CopyFrom(res.resource)
+            self._out_res.schema_url = res.schema_url
+            self._res_source, self._scope_source = res, None
+        if self._scope_source is not scope:
+            out_scope = getattr(self._out_res, self.scopes_field).add()
+            out_scope.scope.CopyFrom(scope.scope)
+            out_scope.schema_url = scope.schema_url
+            self._target = getattr(out_scope, self.items_field)
+            self._scope_source = scope
+        return self._target
+
+
+def _copy_descriptor(metric, out) -> None:
+    """Everything of `metric` but its data points."""
+    out.name, out.description, out.unit = metric.name, metric.description, metric.unit
+    out.metadata.extend(metric.metadata)
+    kind = metric.WhichOneof("data")
+    data, out_data = getattr(metric, kind), getattr(out, kind)
+    out_data.SetInParent()
+    for field, value in data.ListFields():
+        if field.name != "data_points":
+            setattr(out_data, field.name, value)
+
+
+factory = Factory(
+    kind=Kind.PROCESSOR,
+    type="batch",
+    config=Config,
+    create=BatchProcessor,
+    signals={
+        Signal.TRACES: Stability.BETA,
+        Signal.METRICS: Stability.BETA,
+        Signal.LOGS: Stability.BETA,
+    },
+    description="Merges batches and sends them by size or timeout, splitting above a maximum size.",
+)

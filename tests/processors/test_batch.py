@@ -1,0 +1,196 @@
+import asyncio
+import logging
+
+import pytest
+from pydantic import ValidationError
+
+from collector.component import Signal
+from collector.consumer import RetryableError
+from collector.pdata import count_items, get_attr, metric_points, resources, signal_of
+from collector.processors.batch import Config, factory, split_batch
+from collector.processors.matching import iter_items
+from collector.testing.builders import make_logs, make_metrics, make_traces
+from collector.testing.sinks import ErrorConsumer
+from tests.processors import config_cases, make_processor, processor_metric
+
+VALID, INVALID = config_cases("batch")
+
+
+@pytest.mark.parametrize("config", VALID)
+def test_valid_config(config):
+    Config.model_validate(config)
+
+
+@pytest.mark.parametrize(("config", "error"), INVALID)
+def test_invalid_config(config, error):
+    with pytest.raises(ValidationError) as excinfo:
+        Config.model_validate(config)
+    assert error in str(excinfo.value)
+
+
+def test_defaults_are_the_collectors():
+    config = Config()
+    assert (config.send_batch_size, config.timeout, config.send_batch_max_size) == (8192, 0.2, 0)
+
+
+def build(signal: Signal, items: int, service: str = "checkout", name: str = "requests"):
+    resource = {"service.name": service}
+    if signal is Signal.TRACES:
+        return make_traces(items, resource=resource)
+    if signal is Signal.METRICS:
+        return make_metrics(items, resource=resource, name=name)
+    return make_logs(items, resource=resource)
+
+
+def item_keys(batches) -> list[tuple]:
+    """(service, metric name, test.index) of every item of `batches`, in order."""
+    keys = []
+    for batch in batches:
+        metrics = signal_of(batch) is Signal.METRICS
+        for res, _scope, item in iter_items(batch):
+            service = get_attr(res.attributes, "service.name")
+            units = metric_points(item) if metrics else [item]
+            name = item.name if metrics else ""
+            keys += [(service, name, get_attr(u.attributes, "test.index")) for u in units]
+    return keys
+
+
+async def test_size_trigger_merges_batches():
+    processor, sink = make_processor(factory, {"send_batch_size": 10, "timeout": "10s"})
+    await processor.start(None)
+    for _ in range(3):
+        await processor.consume(make_traces(3))
+    assert sink.batches == []
+    await processor.consume(make_traces(3))
+    assert [count_items(b) for b in sink.batches] == [12]
+    assert len(sink.batches[0].resource_spans) == 4
+    await processor.shutdown()
+    assert sink.item_count == 12
+
+
+async def test_size_trigger_keeps_remainder_below_max_size():
+    processor, sink = make_processor(
+        factory, {"send_batch_size": 10, "send_batch_max_size": 10, "timeout": "10s"}
+    )
+    await processor.start(None)
+    for _ in range(4):
+        await processor.consume(make_traces(3))
+    assert [count_items(b) for b in sink.batches] == [10]
+    await processor.shutdown()
+    assert [count_items(b) for b in sink.batches] == [10, 2]
+
+
+async def test_timeout_trigger():
+    processor, sink = make_processor(factory, {"send_batch_size": 1000, "timeout": "20ms"})
+    await processor.start(None)
+    await processor.consume(make_logs(2))
+    await processor.consume(make_logs(3))
+    await sink.wait_for(5)
+    assert [count_items(b) for b in sink.batches] == [5]
+    await processor.consume(make_logs(1))
+    await sink.wait_for(6)
+    await processor.shutdown()
+    assert processor_metric(processor, "incoming") == processor_metric(processor, "outgoing") == 6
+
+
+async def test_no_size_trigger_sends_on_timeout_only():
+    processor, sink = make_processor(factory, {"send_batch_size": 0, "timeout": "20ms"})
+    await processor.start(None)
+    await processor.consume(make_metrics(50_000))
+    assert sink.batches == []
+    await sink.wait_for(50_000)
+    await processor.shutdown()
+
+
+async def test_shutdown_flushes_everything_held():
+    processor, sink = make_processor(factory, {"timeout": "1h"}, Signal.METRICS)
+    await processor.start(None)
+    await processor.consume(make_metrics(4))
+    await processor.consume(make_metrics(5))
+    await processor.shutdown()
+    assert sink.item_count == 9
+    await processor.shutdown()
+    assert sink.item_count == 9
+
+
+async def test_shutdown_without_start_flushes():
+    processor, sink = make_processor(factory, {})
+    await processor.consume(make_traces(2))
+    await processor.shutdown()
+    assert sink.item_count == 2
+
+
+async def test_zero_timeout_sends_at_once_and_reports_errors():
+    processor, sink = make_processor(factory, {"timeout": "0s", "send_batch_max_size": 8192})
+    await processor.start(None)
+    await processor.consume(make_traces(3))
+    assert sink.item_count == 3
+    processor.next = ErrorConsumer(RetryableError("backend down"))
+    with pytest.raises(RetryableError):
+        await processor.consume(make_traces(1))
+    await processor.shutdown()
+
+
+async def test_downstream_error_on_flush_is_logged_not_raised(caplog):
+    processor, _ = make_processor(factory, {"send_batch_size": 2, "timeout": "1h"})
+    processor.next = ErrorConsumer(RetryableError("backend down"))
+    with caplog.at_level(logging.ERROR):
+        await processor.consume(make_traces(2))
+    assert "the next consumer failed" in caplog.text
+    await processor.shutdown()
+
+
+async def test_concurrent_producers_lose_nothing():
+    processor, sink = make_processor(
+        factory, {"send_batch_size": 7, "send_batch_max_size": 9, "timeout": "5ms"}
+    )
+    await processor.start(None)
+    await asyncio.gather(*(processor.consume(make_traces(n % 5 + 1)) for n in range(40)))
+    await processor.shutdown()
+    expected = sum(n % 5 + 1 for n in range(40))
+    assert sink.item_count == expected
+    assert all(count_items(b) <= 9 for b in sink.batches)
+    assert processor_metric(processor, "outgoing") == expected
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+async def test_split_by_max_size_keeps_every_item_in_order(signal):
+    processor, sink = make_processor(
+        factory, {"send_batch_size": 4, "send_batch_max_size": 4, "timeout": "1h"}, signal
+    )
+    sent = [build(signal, 7, "a", "m1"), build(signal, 2, "b", "m2"), build(signal, 6, "c", "m3")]
+    expected = item_keys(sent)
+    for batch in sent:
+        await processor.consume(batch)
+    await processor.shutdown()
+    assert [count_items(b) for b in sink.batches] == [4, 4, 4, 3]
+    assert item_keys(sink.batches) == expected
+    assert processor_metric(processor, "incoming") == processor_metric(processor, "outgoing") == 15
+
+
+def test_split_repeats_resource_scope_and_metric_descriptor():
+    batch = make_metrics(5, resource={"service.name": "a", "host.name": "h1"}, name="requests")
+    batch.resource_metrics[0].schema_url = "https://example.com/schema"
+    metric = batch.resource_metrics[0].scope_metrics[0].metrics[0]
+    metric.description = "requests served"
+    chunks = split_batch(batch, 2)
+    assert [count_items(c) for c in chunks] == [2, 2, 1]
+    for chunk in chunks:
+        (rm,) = resources(chunk)
+        assert rm.schema_url == "https://example.com/schema"
+        assert get_attr(rm.resource.attributes, "host.name") == "h1"
+        (sm,) = rm.scope_metrics
+        assert sm.scope.name == "coldtail.testing"
+        (part,) = sm.metrics
+        assert (part.name, part.description, part.unit) == ("requests", "requests served", "1")
+        assert part.sum.is_monotonic
+        assert part.sum.aggregation_temporality == metric.sum.aggregation_temporality
+
+
+def test_split_within_one_scope_of_spans():
+    batch = make_traces(5)
+    chunks = split_batch(batch, 5)
+    assert chunks == [batch]
+    chunks = split_batch(batch, 3)
+    assert [count_items(c) for c in chunks] == [3, 2]
+    assert item_keys(chunks) == item_keys([batch])

@@ -1,0 +1,121 @@
+import logging
+
+import psutil
+import pytest
+from pydantic import ValidationError
+
+from collector.component import Signal
+from collector.consumer import RetryableError
+from collector.processors.memory_limiter import MIB, Config, factory, total_memory
+from collector.testing.builders import make_logs, make_traces
+from tests.processors import config_cases, make_processor, processor_metric
+
+VALID, INVALID = config_cases("memory_limiter")
+
+
+@pytest.mark.parametrize("config", VALID)
+def test_valid_config(config):
+    Config.model_validate(config)
+
+
+@pytest.mark.parametrize(("config", "error"), INVALID)
+def test_invalid_config(config, error):
+    with pytest.raises(ValidationError) as excinfo:
+        Config.model_validate(config)
+    assert error in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("config", "hard", "soft"),
+    [
+        ({"limit_mib": 1000}, 1000 * MIB, 800 * MIB),
+        ({"limit_mib": 1000, "spike_limit_mib": 100}, 1000 * MIB, 900 * MIB),
+        ({"limit_percentage": 50}, 500 * MIB, 400 * MIB),
+        ({"limit_percentage": 50, "spike_limit_percentage": 10}, 500 * MIB, 400 * MIB),
+        ({"limit_percentage": 80, "spike_limit_percentage": 30}, 800 * MIB, 500 * MIB),
+    ],
+)
+def test_limits(config, hard, soft):
+    config = Config.model_validate({"check_interval": "1s", **config})
+    assert config.limits(total_memory=1000 * MIB) == (hard, soft)
+
+
+def test_total_memory_is_positive_and_at_most_physical():
+    assert 0 < total_memory() <= psutil.virtual_memory().total
+
+
+class FakeMemory:
+    def __init__(self, mib: int) -> None:
+        self.mib = mib
+
+    def __call__(self) -> int:
+        return self.mib * MIB
+
+
+async def test_refuses_above_soft_limit_and_accepts_again_below(caplog):
+    memory = FakeMemory(100)
+    processor, sink = make_processor(
+        factory,
+        {"check_interval": "1h", "limit_mib": 1000, "spike_limit_mib": 200},
+        memory_usage=memory,
+    )
+    await processor.start(None)
+    await processor.consume(make_traces(2))
+    assert sink.item_count == 2
+
+    memory.mib = 850
+    with caplog.at_level(logging.INFO):
+        processor.check()
+        processor.check()
+    assert caplog.text.count("above the soft limit") == 1
+    with pytest.raises(RetryableError) as excinfo:
+        await processor.consume(make_traces(3))
+    assert excinfo.value.retry_after == 3600
+    assert "850 MiB is above the soft limit 800 MiB" in str(excinfo.value)
+    assert sink.item_count == 2
+
+    memory.mib = 700
+    with caplog.at_level(logging.INFO):
+        processor.check()
+    assert "below the soft limit, accepting data" in caplog.text
+    await processor.consume(make_traces(3))
+    assert sink.item_count == 5
+    assert processor_metric(processor, "incoming") == 8
+    assert processor_metric(processor, "outgoing") == 5
+    await processor.shutdown()
+
+
+async def test_hard_limit_forces_garbage_collection(monkeypatch):
+    collected = []
+    monkeypatch.setattr("gc.collect", lambda: collected.append(True))
+    memory = FakeMemory(1200)
+    processor, _ = make_processor(
+        factory, {"check_interval": "1h", "limit_mib": 1000}, Signal.LOGS, memory_usage=memory
+    )
+    processor.check()
+    assert collected and processor.refusing
+    with pytest.raises(RetryableError):
+        await processor.consume(make_logs(1))
+
+
+async def test_start_measures_at_once_and_shutdown_is_idempotent():
+    processor, _ = make_processor(
+        factory, {"check_interval": "1h", "limit_mib": 100}, memory_usage=FakeMemory(90)
+    )
+    await processor.shutdown()
+    await processor.start(None)
+    assert processor.refusing
+    await processor.shutdown()
+    await processor.shutdown()
+
+
+async def test_real_memory_reading():
+    processor, sink = make_processor(
+        factory, {"check_interval": "10ms", "limit_percentage": 100, "spike_limit_percentage": 1}
+    )
+    await processor.start(None)
+    assert 0 < processor.usage < processor.soft_limit
+    await processor.consume(make_traces(1))
+    await processor.shutdown()
+    assert sink.item_count == 1
+    assert not processor.mutates_data
