@@ -1,0 +1,317 @@
+"""The sender chain every network exporter shares: queue -> retry -> timeout -> push.
+
+An exporter implements only `push(batch)`, raising PermanentError (never retried) or
+RetryableError (retried with exponential backoff, honouring the server's throttle delay). The
+config blocks and their defaults are those of the OTel Collector's exporterhelper:
+`sending_queue`, `retry_on_failure` and `timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from pydantic import Field, model_validator
+
+from collector.component import Settings, Signal
+from collector.config_types import ComponentConfig, Duration, format_duration
+from collector.consumer import PermanentError, RetryableError
+from collector.pdata import ITEM_NAMES, count_items
+
+Push = Callable[[object], Awaitable[None]]
+
+
+class QueueConfig(ComponentConfig):
+    enabled: bool = True
+    """Buffer batches in memory and send them from background consumers (default true). When
+    false, consume() sends inline and returns the final error to the caller."""
+    num_consumers: int = Field(10, ge=1)
+    """How many batches are sent concurrently from the queue (default 10)."""
+    queue_size: int = Field(1000, ge=1)
+    """Most batches held in the queue (default 1000). When full, new batches are refused with a
+    retryable error (the receiver answers 503 / UNAVAILABLE)."""
+
+
+class RetryConfig(ComponentConfig):
+    enabled: bool = True
+    """Retry batches that failed with a retryable error (default true). When false, a batch gets
+    one attempt."""
+    initial_interval: Duration = 5.0
+    """Wait before the first retry (default 5s); grows by `multiplier` per retry."""
+    randomization_factor: float = Field(0.5, ge=0, le=1)
+    """Jitter: each wait is drawn from interval * [1 - factor, 1 + factor] (default 0.5;
+    0 = no jitter)."""
+    multiplier: float = Field(1.5, ge=1)
+    """Growth of the wait between retries (default 1.5)."""
+    max_interval: Duration = 30.0
+    """Upper bound of the wait between retries (default 30s)."""
+    max_elapsed_time: Duration = 300.0
+    """Give up on a batch once this much time has passed since its first attempt (default 300s;
+    0 = retry forever)."""
+
+    @model_validator(mode="after")
+    def _check_intervals(self) -> RetryConfig:
+        if self.enabled and self.initial_interval <= 0:
+            raise ValueError("initial_interval must be greater than 0")
+        if self.enabled and self.max_interval < self.initial_interval:
+            raise ValueError("max_interval must not be less than initial_interval")
+        return self
+
+
+class SenderConfig(ComponentConfig):
+    """The blocks every network exporter's config carries."""
+
+    timeout: Duration = Field(5.0, ge=0)
+    """Time limit of one send attempt (default 5s; 0 = none). A timed-out attempt is retried."""
+    sending_queue: QueueConfig = Field(default_factory=QueueConfig)
+    """In-memory queue between the pipeline and the backend."""
+    retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
+    """Retries of retryable failures with exponential backoff."""
+
+
+class TLSClientConfig(ComponentConfig):
+    """Client TLS files, as in the Collector's `tls` block (PEM files; empty = not used)."""
+
+    ca_file: str = ""
+    """CA certificates that verify the server (default empty = the system's trusted roots)."""
+    cert_file: str = ""
+    """Client certificate for mutual TLS (default empty = none); needs `key_file`."""
+    key_file: str = ""
+    """Private key of `cert_file` (default empty = none)."""
+    server_name_override: str = ""
+    """Host name the server's certificate is checked against (default empty = the endpoint's
+    host)."""
+
+    @model_validator(mode="after")
+    def _check_pair(self) -> TLSClientConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file must be set together")
+        return self
+
+
+_REJECTED_FIELDS = {
+    Signal.TRACES: "rejected_spans",
+    Signal.METRICS: "rejected_data_points",
+    Signal.LOGS: "rejected_log_records",
+}
+
+
+def check_partial_success(response, signal: Signal, log) -> None:
+    """Raise PermanentError(rejected=n) when an OTLP export response rejected n items; log a
+    warning when it carries only a message."""
+    partial = response.partial_success
+    rejected = getattr(partial, _REJECTED_FIELDS[signal])
+    if rejected:
+        raise PermanentError(partial.error_message or "no message", rejected=rejected)
+    if partial.error_message:
+        log.warning(f"partial success response: {partial.error_message}")
+
+
+class _Backoff:
+    """Exponential backoff with jitter, as github.com/cenkalti/backoff computes it."""
+
+    def __init__(self, cfg: RetryConfig) -> None:
+        self._cfg = cfg
+        self._interval = cfg.initial_interval
+
+    def next(self) -> float:
+        cfg = self._cfg
+        jitter = cfg.randomization_factor * (2 * random.random() - 1)
+        delay = self._interval * (1 + jitter)
+        self._interval = min(self._interval * cfg.multiplier, cfg.max_interval)
+        return delay
+
+
+class Sender:
+    """Queue -> retry -> timeout -> push for one exporter and signal.
+
+    Counts sent / send_failed / enqueue_failed items in the service's telemetry and logs one
+    line per batch it gives up on.
+    """
+
+    def __init__(
+        self, settings: Settings, signal: Signal, push: Push, config: SenderConfig
+    ) -> None:
+        self._push = push
+        self._queue_cfg = config.sending_queue
+        self._retry_cfg = config.retry_on_failure
+        self._timeout = config.timeout
+        self._log = settings.logger
+        self._items = ITEM_NAMES[signal].replace("_", " ")
+        t, exporter = settings.telemetry, str(settings.id)
+        self._sent = t.exporter_sent[signal].labels(exporter=exporter)
+        self._failed = t.exporter_send_failed[signal].labels(exporter=exporter)
+        self._enqueue_failed = t.exporter_enqueue_failed[signal].labels(exporter=exporter)
+        self._queue: asyncio.Queue | None = None
+        if self._queue_cfg.enabled:
+            self._queue = asyncio.Queue(self._queue_cfg.queue_size)
+            gauges = dict(exporter=exporter, data_type=signal.value)
+            t.exporter_queue_capacity.labels(**gauges).set(self._queue_cfg.queue_size)
+            t.exporter_queue_size.labels(**gauges).set_function(self._queue.qsize)
+        self._workers: list[asyncio.Task] = []
+        self._in_flight = 0  # items the consumers are sending right now
+        self._closed = False
+
+    def start(self) -> None:
+        if self._queue is None or self._workers or self._closed:
+            return
+        self._workers = [
+            asyncio.create_task(self._consume_queue(), name=f"sender-{i}")
+            for i in range(self._queue_cfg.num_consumers)
+        ]
+
+    async def send(self, batch) -> None:
+        if self._closed:
+            raise RetryableError("exporter is shutting down")
+        if self._queue is None:
+            await self._export(batch)
+            return
+        try:
+            self._queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            self._enqueue_failed.inc(count_items(batch))
+            raise RetryableError("sending queue is full") from None
+
+    async def shutdown(self) -> None:
+        """Refuse new batches, send everything queued, then stop the consumers. If cancelled
+        (the service's shutdown timeout), drop what is left and stop at once."""
+        self._closed = True
+        if not self._workers:
+            return
+        try:
+            await self._queue.join()
+        finally:
+            dropped = self._in_flight
+            while not self._queue.empty():
+                dropped += count_items(self._queue.get_nowait())
+                self._queue.task_done()
+            if dropped:
+                self._failed.inc(dropped)
+                self._log.error(
+                    f"shutdown interrupted; dropping {dropped} {self._items} "
+                    "still queued or in flight"
+                )
+            for task in self._workers:
+                task.cancel()
+            for task in self._workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._workers = []
+
+    async def _consume_queue(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            items = count_items(batch)
+            self._in_flight += items
+            try:
+                # _export counts and logs a failure; the batch is then dropped.
+                with contextlib.suppress(Exception):
+                    await self._export(batch)
+            finally:
+                self._in_flight -= items
+                self._queue.task_done()
+
+    async def _export(self, batch) -> None:
+        """One batch through retry and timeout; counts and logs the outcome, raises the final
+        error."""
+        items = count_items(batch)
+        try:
+            await self._with_retry(batch)
+        except PermanentError as e:
+            rejected = items if e.rejected is None else e.rejected
+            self._sent.inc(items - rejected)
+            self._failed.inc(rejected)
+            if e.rejected is None:
+                self._log.error(
+                    f"exporting failed; dropping {items} {self._items}: "
+                    f"permanent error, not retried: {e}"
+                )
+            else:
+                self._log.warning(
+                    f"partial success: the backend rejected {rejected} of "
+                    f"{items} {self._items}: {e}"
+                )
+            raise
+        except RetryableError as e:
+            self._failed.inc(items)
+            self._log.error(
+                f"exporting failed; dropping {items} {self._items}: no more retries left: {e}"
+            )
+            raise
+        except Exception as e:
+            self._failed.inc(items)
+            self._log.exception(
+                f"exporting failed; dropping {items} {self._items}: unexpected error"
+            )
+            raise PermanentError(f"unexpected exporter error: {e!r}") from e
+        self._sent.inc(items)
+
+    async def _with_retry(self, batch) -> None:
+        cfg = self._retry_cfg
+        if not cfg.enabled:
+            await self._attempt(batch)
+            return
+        backoff = _Backoff(cfg)
+        deadline = time.monotonic() + cfg.max_elapsed_time if cfg.max_elapsed_time else None
+        while True:
+            try:
+                await self._attempt(batch)
+                return
+            except RetryableError as e:
+                # The server's throttle delay wins over a shorter backoff, as in the Collector.
+                delay = max(backoff.next(), e.retry_after or 0.0)
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise
+                self._log.info(f"exporting failed, will retry in {format_duration(delay)}: {e}")
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, batch) -> None:
+        if not self._timeout:
+            await self._push(batch)
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._push(batch)
+        except TimeoutError:
+            raise RetryableError(
+                f"send attempt timed out after {format_duration(self._timeout)}"
+            ) from None
+
+
+class Exporter:
+    """Base of the network exporters: owns the Sender; subclasses implement `push` and, when
+    they hold a connection, `connect` / `disconnect`."""
+
+    mutates_data = False
+
+    def __init__(self, settings: Settings, config: SenderConfig, signal: Signal) -> None:
+        self.settings = settings
+        self.config = config
+        self.signal = signal
+        self.log = settings.logger
+        self.sender = Sender(settings, signal, self.push, config)
+
+    async def start(self, host) -> None:
+        await self.connect()
+        self.sender.start()
+
+    async def consume(self, batch) -> None:
+        await self.sender.send(batch)
+
+    async def shutdown(self) -> None:
+        try:
+            await self.sender.shutdown()
+        finally:
+            await self.disconnect()
+
+    async def connect(self) -> None:
+        """Open what push needs (called from start)."""
+
+    async def disconnect(self) -> None:
+        """Close what connect opened; idempotent, safe without connect."""
+
+    async def push(self, batch) -> None:
+        raise NotImplementedError
