@@ -10,8 +10,8 @@ from importlib import resources
 
 from collector.component import Kind
 from collector.components import registry
-from collector.confmap import ConfmapError, load
 from collector.config import ConfigError, ServiceConfig, validate
+from collector.confmap import ConfmapError, load
 from collector.telemetry import setup_logging
 
 EXIT_INVALID = 2
@@ -24,12 +24,22 @@ def default_config_path() -> str:
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="config source (file path, file:PATH or yaml:INLINE); repeat to "
-                             "merge in order. Default: the embedded default pipeline.")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one value, e.g. processors::batch::timeout=2s "
-                             "(a.b.c=value also works); applied after all --config")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="config source (file path, file:PATH or yaml:INLINE); repeat to "
+        "merge in order. Default: the embedded default pipeline.",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one value, e.g. processors::batch::timeout=2s "
+        "(a.b.c=value also works); applied after all --config",
+    )
 
 
 def _load(args) -> ServiceConfig:
@@ -38,8 +48,9 @@ def _load(args) -> ServiceConfig:
 
 
 def _print_errors(errors) -> None:
-    print(f"invalid configuration ({len(errors)} error{'s' * (len(errors) != 1)}):",
-          file=sys.stderr)
+    print(
+        f"invalid configuration ({len(errors)} error{'s' * (len(errors) != 1)}):", file=sys.stderr
+    )
     for error in errors:
         print(f"  {error}", file=sys.stderr)
 
@@ -87,8 +98,11 @@ def cmd_components(_args) -> int:
         print(f"{kind.section}:")
         for factory in registry().factories(kind):
             if kind is Kind.CONNECTOR:
-                signals = ", ".join(f"{i}->{o}: {st}" for i, outs in factory.signals.items()
-                                    for o, st in outs.items())
+                signals = ", ".join(
+                    f"{i}->{o}: {st}"
+                    for i, outs in factory.signals.items()
+                    for o, st in outs.items()
+                )
             else:
                 signals = ", ".join(f"{s}: {st}" for s, st in factory.signals.items())
             aliases = f" (alias {', '.join(factory.aliases)})" if factory.aliases else ""

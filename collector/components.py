@@ -14,6 +14,7 @@ _MODULES = [
     "collector.processors.attributes",
     "collector.processors.resource",
     "collector.processors.filter",
+    "collector.connectors.span_metrics",
     "collector.exporters.debug",
     "collector.exporters.file",
     "collector.exporters.otlp",

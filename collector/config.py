@@ -154,6 +154,20 @@ def _validate_model(
         return None
 
 
+def _validate_service(raw: Any, errors: list[ConfigIssue]) -> ServiceModel | None:
+    """The service block; when part of it is invalid, the rest is still validated (without the
+    failing keys) so pipeline errors are reported in the same run."""
+    found: list[ConfigIssue] = []
+    service = _validate_model(ServiceModel, raw, "service", found)
+    errors.extend(found)
+    if service is None and isinstance(raw, dict):
+        failed = {e.path.split("::")[1] for e in found if e.path.count("::") >= 1}
+        service = _validate_model(
+            ServiceModel, {k: v for k, v in raw.items() if k not in failed}, "service", []
+        )
+    return service
+
+
 def _parse_pipeline_id(name: str) -> Signal | None:
     signal, _, _ = name.partition("/")
     try:
@@ -205,7 +219,7 @@ def validate(raw: dict, registry: Registry) -> ServiceConfig:
             if model is not None:
                 components[kind][cid] = (factory, model)
 
-    service = _validate_model(ServiceModel, raw.get("service"), "service", errors)
+    service = _validate_service(raw.get("service"), errors)
     if service is None:
         raise ConfigError(errors)
 

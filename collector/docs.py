@@ -53,6 +53,8 @@ def _default(field: FieldInfo) -> str:
         return f"`{format_duration(value)}`"
     if value in ([], {}, ""):
         return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
     return f"`{value}`"
 
 

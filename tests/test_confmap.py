@@ -71,11 +71,11 @@ def test_load_inline_yaml_source():
 
 
 def test_load_errors_name_the_source(tmp_path):
-    with pytest.raises(ConfmapError, match="cannot read config .*nope.yaml"):
+    with pytest.raises(ConfmapError, match=r"cannot read config .*nope\.yaml"):
         load([str(tmp_path / "nope.yaml")])
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
-    with pytest.raises(ConfmapError, match="bad.yaml is not valid YAML"):
+    with pytest.raises(ConfmapError, match=r"bad\.yaml is not valid YAML"):
         load([str(bad)])
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("just text\n")

@@ -42,9 +42,10 @@ async def test_receiver_fans_out_to_pipelines_each_with_own_processor_and_copy()
     # Both pipelines' processors mutate: one gets a copy, the last one the original.
     assert (a[0] is batch) != (b[0] is batch)
     assert a[0] == b[0]
-    assert INSTANCES[(Kind.PROCESSOR, "testproc", "traces/one")] is not INSTANCES[
-        (Kind.PROCESSOR, "testproc", "traces/two")
-    ]
+    assert (
+        INSTANCES[(Kind.PROCESSOR, "testproc", "traces/one")]
+        is not INSTANCES[(Kind.PROCESSOR, "testproc", "traces/two")]
+    )
     await service.shutdown()
 
 

@@ -24,8 +24,12 @@ def free_port() -> int:
 class CollectorProcess:
     """A collector subprocess; stderr is collected line by line in `lines`."""
 
-    def __init__(self, config: str | Path, *extra_args: str, env: dict | None = None) -> None:
-        self.args = [sys.executable, "-m", "collector", "run", "--config", str(config), *extra_args]
+    def __init__(
+        self, config: str | Path | None, *extra_args: str, env: dict | None = None
+    ) -> None:
+        """`config` None runs the embedded default pipeline."""
+        config_args = ["--config", str(config)] if config is not None else []
+        self.args = [sys.executable, "-m", "collector", "run", *config_args, *extra_args]
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen | None = None

@@ -1,7 +1,7 @@
 """Recording components for service tests: they record their lifecycle and the data they see.
 
-`recording_registry()` holds receiver `testrecv`, processor `testproc`, exporter `testexp`, connector
-`testconn` (same signal in and out) and extension `testext`. Every instance is kept in
+`recording_registry()` holds receiver `testrecv`, processor `testproc`, exporter `testexp`,
+connector `testconn` (same signal in and out) and extension `testext`. Every instance is kept in
 `INSTANCES` by (kind, id, pipeline or signal) and logs start/shutdown into `EVENTS`.
 """
 

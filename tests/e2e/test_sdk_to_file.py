@@ -1,9 +1,8 @@
 """The OpenTelemetry Python SDK's OTLP exporters send to a real `coldtail run` process; the file
 exporter's output holds every span, metric point and log record exactly as sent."""
 
-import logging
-
 import pytest
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -17,7 +16,7 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
     OTLPMetricExporter as HttpMetrics,
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
-from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import (
     InMemoryLogRecordExporter,
     LogRecordExportResult,
@@ -80,14 +79,14 @@ def make_logs():
     memory = InMemoryLogRecordExporter()
     provider = LoggerProvider(resource=RESOURCE)
     provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
-    logger = logging.getLogger("orders.e2e")
-    logger.propagate = False
-    handler = LoggingHandler(logger_provider=provider)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.warning("order %s failed", 42, extra={"order.id": 42})
-    logger.info("order placed")
-    logger.removeHandler(handler)
+    logger = provider.get_logger("orders.e2e", "2.0")
+    logger.emit(
+        severity_number=SeverityNumber.WARN,
+        severity_text="WARN",
+        body="order 42 failed",
+        attributes={"order.id": 42},
+    )
+    logger.emit(severity_number=SeverityNumber.INFO, body={"event": "placed", "items": [1, 2]})
     provider.shutdown()
     return memory.get_finished_logs()
 

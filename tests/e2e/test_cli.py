@@ -1,0 +1,111 @@
+"""The command line as a user runs it: validate, components, and run on the embedded default."""
+
+import subprocess
+import sys
+import urllib.request
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from collector.component import Kind, Signal
+from collector.components import registry
+from collector.testing.jsonl import read_requests
+from collector.testing.process import CollectorProcess, free_port
+from tests.e2e.test_sdk_to_file import make_spans
+
+
+def coldtail(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "collector", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_validate_accepts_the_shipped_default():
+    result = coldtail("validate", "--config", "config/default.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+
+
+def test_validate_exits_2_listing_every_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "receivers: {otlp: {protocols: {grpc: {endpoint: nowhere}}}}\n"
+        "processors: {batch: {timeout: soon}}\n"
+        "exporters: {debug: }\n"
+        "service: {pipelines: {traces: {receivers: [otlp], processors: [batch], "
+        "exporters: [debug, file]}}}\n"
+    )
+    result = coldtail("validate", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "invalid configuration (3 errors):",
+        "  receivers::otlp::protocols::grpc::endpoint: invalid endpoint 'nowhere': expected "
+        "host:port, like 127.0.0.1:4317",
+        "  processors::batch::timeout: invalid duration 'soon': expected a number with a unit "
+        "(ns, us, ms, s, m, h), like 200ms, 5s or 1m",
+        "  service::pipelines::traces::exporters::1: references exporter or connector file "
+        "which is not configured under exporters or connectors",
+    ]
+
+
+def test_validate_applies_set_and_reports_unreadable_files(tmp_path):
+    result = coldtail(
+        "validate", "--config", "config/default.yaml", "--set", "processors::batch::timeout=never"
+    )
+    assert result.returncode == 2
+    assert "processors::batch::timeout: invalid duration 'never'" in result.stderr
+    missing = coldtail("validate", "--config", str(tmp_path / "none.yaml"))
+    assert missing.returncode == 2
+    assert "cannot read config" in missing.stderr
+
+
+def test_run_with_invalid_config_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("receivers: {}\n")
+    result = coldtail("run", "--config", str(bad))
+    assert result.returncode == 2
+    assert "service::pipelines: at least one pipeline is required" in result.stderr
+
+
+def test_components_lists_every_type_with_signals():
+    result = coldtail("components")
+    assert result.returncode == 0
+    for kind in Kind:
+        assert f"{kind.section}:" in result.stdout
+        for factory in registry().factories(kind):
+            assert f"\n  {factory.type}" in result.stdout
+    assert "signals: traces: beta, metrics: beta, logs: beta" in result.stdout
+
+
+def test_run_embedded_default_pipeline(tmp_path):
+    grpc, http, metrics = free_port(), free_port(), free_port()
+    out = tmp_path / "otlp.jsonl"
+    overrides = [
+        f"receivers::otlp::protocols::grpc::endpoint=127.0.0.1:{grpc}",
+        f"receivers::otlp::protocols::http::endpoint=127.0.0.1:{http}",
+        f"exporters::file::path={out}",
+        f"service::telemetry::metrics::address=127.0.0.1:{metrics}",
+    ]
+    args = [a for o in overrides for a in ("--set", o)]
+    spans = make_spans()
+    with CollectorProcess(None, *args) as collector:
+        exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{http}/v1/traces")
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+        # The batch processor holds spans up to 200ms; the own metrics show them arrive.
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
+        text = scrape.read().decode()
+        assert 'otelcol_receiver_accepted_spans_total{receiver="otlp",transport="http"} 3.0' in (
+            text
+        )
+        assert collector.stop() == 0
+    assert any("Traces" in line and "spans" in line for line in collector.lines), collector.log
+    assert (
+        sum(
+            len(ss.spans)
+            for r in read_requests(out)[Signal.TRACES]
+            for rs in r.resource_spans
+            for ss in rs.scope_spans
+        )
+        == 3
+    )

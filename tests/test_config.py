@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from collector.component import ComponentID, Kind, Signal
+from collector.components import registry
+from collector.config import ConfigError, validate
+
+TESTDATA = Path(__file__).parent / "testdata"
+CASES = yaml.safe_load((TESTDATA / "invalid_configs.yaml").read_text())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_invalid_config_reports_every_error_with_its_path(case):
+    with pytest.raises(ConfigError) as info:
+        validate(case["config"], registry())
+    assert [str(e) for e in info.value.errors] == case["errors"]
+
+
+def test_default_config_is_valid():
+    raw = yaml.safe_load((Path(__file__).parents[1] / "config" / "default.yaml").read_text())
+    config = validate(raw, registry())
+    assert [p.id for p in config.pipelines] == ["traces", "metrics", "logs"]
+    assert config.warnings == []
+
+
+def test_unused_component_is_a_warning_not_an_error():
+    config = validate(
+        {
+            "receivers": {"otlp": {"protocols": {"grpc": None}}},
+            "processors": {"batch": None},
+            "exporters": {"debug": None, "file/unused": {"path": "/tmp/x"}},
+            "extensions": {"health_check": None},
+            "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["debug"]}}},
+        },
+        registry(),
+    )
+    assert [str(w) for w in config.warnings] == [
+        "processors::batch: configured but not used in any pipeline",
+        "exporters::file/unused: configured but not used in any pipeline",
+        "extensions::health_check: configured but not used in service::extensions",
+    ]
+
+
+def test_valid_config_resolves_ids_aliases_and_named_pipelines():
+    config = validate(
+        {
+            "receivers": {"otlp": {"protocols": {"grpc": None, "http": None}}},
+            "processors": {"batch/fast": {"timeout": "50ms"}},
+            "exporters": {"otlp_http/backend": {"endpoint": "http://127.0.0.1:4318"}},
+            "service": {
+                "pipelines": {
+                    "traces/cold": {
+                        "receivers": ["otlp"],
+                        "processors": ["batch/fast"],
+                        "exporters": ["otlp_http/backend"],
+                    }
+                },
+                "shutdown_timeout": "3s",
+            },
+        },
+        registry(),
+    )
+    (pipeline,) = config.pipelines
+    assert pipeline.signal is Signal.TRACES
+    assert pipeline.processors == [ComponentID("batch", "fast")]
+    factory, model = config.component(Kind.PROCESSOR, ComponentID("batch", "fast"))
+    assert factory.type == "batch" and model.timeout == 0.05
+    assert config.component(Kind.EXPORTER, ComponentID("otlp_http", "backend"))[0].type == (
+        "otlphttp"
+    )
+    assert config.shutdown_timeout == 3.0
