@@ -100,28 +100,67 @@ class ServiceConfig:
         return self.components[kind][id]
 
 
-def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
-    """The BaseModel inside Optional[...] / Union[...] / list[...] / dict[..., ...], if any."""
+def _model_or_tags(annotation: Any) -> type[BaseModel] | dict[str, type[BaseModel]] | None:
+    """What a field holds, for following an error location: a model, or for a discriminated
+    union of models a map from tag value to member model (the location then names the tag)."""
+    origin = typing.get_origin(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, dict):
+    if origin is typing.Annotated:
+        inner, *meta = typing.get_args(annotation)
+        discriminator = next(
+            (m.discriminator for m in meta if isinstance(getattr(m, "discriminator", None), str)),
+            None,
+        )
+        if discriminator:
+            return {
+                tag: member
+                for member in _union_members(inner)
+                for tag in typing.get_args(member.model_fields[discriminator].annotation)
+            }
+        return _model_or_tags(inner)
+    if origin in (typing.Union, types.UnionType, list, dict):
         for arg in typing.get_args(annotation):
-            found = _unwrap_model(arg)
+            found = _model_or_tags(arg)
             if found:
                 return found
     return None
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
-    """Field names of the model reached by following `loc` (minus the last element)."""
-    current: type[BaseModel] | None = model
-    for part in loc[:-1]:
-        if current is None:
-            return None
-        if isinstance(part, str) and part in current.model_fields:
-            current = _unwrap_model(current.model_fields[part].annotation)
-        # list indexes and dict keys keep the current model
-    return sorted(current.model_fields) if current else None
+def _union_members(annotation: Any) -> list[type[BaseModel]]:
+    """The models of a union, flattening nested (annotated) unions."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        args = args[:1]
+    return [m for arg in args for m in _union_members(arg)]
+
+
+def _field(model: type[BaseModel], key: str):
+    """The field a config key names (its name or its alias)."""
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias):
+            return info
+    return None
+
+
+def _follow(model: type[BaseModel], loc: tuple) -> tuple[list, type[BaseModel] | None]:
+    """The location without discriminator tags, and the model holding its last element."""
+    path: list = []
+    current: Any = model
+    holder: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(current, dict) and part in current:
+            current = current[part]  # a union tag: not a key the user wrote
+            continue
+        path.append(part)
+        if isinstance(part, int):
+            continue
+        holder = current if isinstance(current, type) else None
+        field = _field(holder, part) if holder else None
+        current = _model_or_tags(field.annotation) if field else None
+    return path, holder
 
 
 def _pydantic_issues(
@@ -129,10 +168,12 @@ def _pydantic_issues(
 ) -> list[ConfigIssue]:
     issues = []
     for err in error.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        loc, holder = _follow(model, err["loc"])
         path = "::".join([prefix, *map(str, loc)])
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, loc)
+            allowed = (
+                sorted(f.alias or n for n, f in holder.model_fields.items()) if holder else None
+            )
             message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
         elif err["type"] == "missing":
             message = "required key missing"
