@@ -1,5 +1,6 @@
 """`make bench`: every benchmark, printing figures. Not part of the test run."""
 
-from bench import throughput
+from bench import sketch, throughput
 
+sketch.main([])
 throughput.main()

@@ -39,17 +39,22 @@ CONFIG = """
 receivers:
   otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:{port}"}}}}}}
 processors:
-  batch: {{timeout: 200ms}}
-  memory_limiter: {{check_interval: 1s, limit_mib: 2000}}
-  coldstart:
-  tail_latency:
+{processor_configs}
 exporters:
   otlp: {{endpoint: "127.0.0.1:{sink}", tls: {{insecure: true}}}}
 service:
-  telemetry: {{metrics: {{level: none}}, logs: {{level: warn}}}}
+  telemetry: {{metrics: {{level: none}}}}
   pipelines:
     traces: {{receivers: [otlp], processors: [{processors}], exporters: [otlp]}}
 """
+
+
+PROCESSOR_CONFIGS = {
+    "batch": "{timeout: 200ms}",
+    "memory_limiter": "{check_interval: 1s, limit_mib: 2000}",
+    "coldstart": "",
+    "tail_latency": "",
+}
 
 
 def lambda_request(rng: random.Random, environments: int = 20) -> bytes:
@@ -136,12 +141,19 @@ async def measure(processors: list[str], spans: int, workdir: Path) -> tuple[flo
     sink_port = await sink.start()
     port = free_port()
     config = workdir / "bench.yaml"
-    config.write_text(CONFIG.format(port=port, sink=sink_port, processors=", ".join(processors)))
+    config.write_text(
+        CONFIG.format(
+            port=port,
+            sink=sink_port,
+            processors=", ".join(processors),
+            processor_configs="\n".join(f"  {p}: {PROCESSOR_CONFIGS[p]}" for p in processors),
+        )
+    )
     rng = random.Random(7)
     requests = [lambda_request(rng) for _ in range(spans // SPANS_PER_REQUEST)]
     collector = CollectorProcess(config)
-    await asyncio.to_thread(collector.start)
     try:
+        await asyncio.to_thread(collector.start)
         proc = psutil.Process(collector.proc.pid)
         # Warm up (imports, first connections) outside the measurement.
         await _load(port, requests[:20])
@@ -153,7 +165,8 @@ async def measure(processors: list[str], spans: int, workdir: Path) -> tuple[flo
         cpu = sum(proc.cpu_times()[:2]) - cpu0
         wall = time.perf_counter() - wall0
     finally:
-        await asyncio.to_thread(collector.stop)
+        if collector.proc and collector.proc.poll() is None:
+            await asyncio.to_thread(collector.stop)
         await sink.server.stop(0)
     return sink.spans / cpu, sink.spans / wall
 

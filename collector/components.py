@@ -14,6 +14,7 @@ _MODULES = [
     "collector.processors.attributes",
     "collector.processors.resource",
     "collector.processors.filter",
+    "collector.processors.tail_latency",
     "collector.processors.tail_sampling",
     "collector.connectors.span_metrics",
     "collector.exporters.debug",
