@@ -1,0 +1,528 @@
+"""coldstart processor: tags the entry spans of AWS Lambda and ECS/Fargate services that paid a
+cold start.
+
+Entry spans are the spans where a request enters a process (collector.pdata.is_entry_span):
+kind SERVER or CONSUMER, or no parent span. Other spans are left untouched. A resource is Lambda
+when `cloud.platform` is `aws_lambda` or it has a `faas.*` attribute, ECS/Fargate when
+`cloud.platform` is `aws_ecs` or it has an `aws.ecs.*` attribute; other resources pass through
+untouched.
+
+Each judged entry span gets `coldtail.cold_start` (bool) and `coldtail.cold_start.source`;
+Lambda spans also get `faas.coldstart` when they lack it. The judgement comes from, in order of
+trust:
+
+1. `instrumentation`: the span carries `faas.coldstart` or `coldtail.cold_start` (a bool, or the
+   string "true" / "false").
+2. `telemetry_api`: a Lambda init report (see `InitReports`) was recorded for the span's
+   execution environment and this is the first entry span of that environment the processor
+   sees. A report for an environment the processor already saw arrived after its cold span had
+   been forwarded; it is discarded.
+3. `inferred`: the first entry span of an execution environment new to the processor is cold, the
+   later ones are warm; for ECS the first `container.first_requests` entry spans are cold.
+
+An execution environment is one Lambda execution environment or one container process, named by
+`service.name` and the first resource attribute present of: Lambda `faas.instance`,
+`service.instance.id`, `host.id`; ECS `aws.ecs.task.arn`, `service.instance.id`, `container.id`.
+Without any of these only instrumentation judges.
+
+Late start: a collector that starts after an environment did (a gateway restarted) cannot know
+whether it sees the environment's first requests. The environment's start is the resource's
+`process.creation.time` (ISO 8601), or else the start of the first entry span seen from it. When
+that is earlier than the collector's start minus `startup_grace`, the environment's first
+requests (the ones that would be inferred cold) get no `coldtail.cold_start` and no source at
+all; later ones are warm as usual. Without `process.creation.time`, an old environment whose
+first span after the restart also started after it is still inferred cold.
+
+Provisioned concurrency and SnapStart: when the init type (`coldtail.init_type` on the span, from
+a report or init span, or on the resource; values like AWS_LAMBDA_INITIALIZATION_TYPE:
+`on-demand`, `provisioned-concurrency`, `snap-start`) says the init ran ahead of any request, the
+request is not a user-facing cold start: `coldtail.cold_start` is false. The span's own
+attribute wins over a report or init span, which win over the resource.
+
+`coldtail.init_duration_ms` and `coldtail.init_type` are copied onto an entry span, when it lacks
+them, from a joined report or from an init span of its trace in the same batch: a span named
+`init`, or a span with no parent, of kind other than SERVER or CONSUMER, carrying
+`coldtail.init_type`. Init spans are never judged as requests.
+
+A span that already carries `coldtail.cold_start.source` was judged by an upstream coldtail and is
+left as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import Field
+
+from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.config_types import ComponentConfig, Duration
+from collector.consumer import Consumer
+from collector.pdata import duration_ns, is_entry_span
+from collector.processors.base import Processor
+from collector.telemetry import Telemetry
+
+FAAS_COLDSTART = "faas.coldstart"
+COLD_START = "coldtail.cold_start"
+SOURCE = "coldtail.cold_start.source"
+INIT_TYPE = "coldtail.init_type"
+INIT_DURATION_MS = "coldtail.init_duration_ms"
+
+INSTRUMENTATION = "instrumentation"
+TELEMETRY_API = "telemetry_api"
+INFERRED = "inferred"
+SOURCES = (INSTRUMENTATION, TELEMETRY_API, INFERRED)
+
+ON_DEMAND = "on-demand"
+PROVISIONED_CONCURRENCY = "provisioned-concurrency"
+SNAP_START = "snap-start"
+# The init ran before any request arrived, so no user waited for it.
+_AHEAD_OF_REQUESTS = frozenset({PROVISIONED_CONCURRENCY, SNAP_START})
+
+_INIT_SPAN_NAME = "init"
+_REQUEST_KINDS = (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER)
+_SPAN_KEYS = frozenset({FAAS_COLDSTART, COLD_START, SOURCE, INIT_TYPE, INIT_DURATION_MS})
+
+_LAMBDA = "lambda"
+_ECS = "ecs"
+_ENVIRONMENT_KEYS = {
+    _LAMBDA: ("faas.instance", "service.instance.id", "host.id"),
+    _ECS: ("aws.ecs.task.arn", "service.instance.id", "container.id"),
+}
+_PLATFORM_PREFIXES = ("faas.", "aws.ecs.")
+_RESOURCE_KEYS = frozenset(
+    {
+        "cloud.platform",
+        "service.name",
+        "process.creation.time",
+        INIT_TYPE,
+        *_ENVIRONMENT_KEYS[_LAMBDA],
+        *_ENVIRONMENT_KEYS[_ECS],
+    }
+)
+
+
+class ContainerConfig(ComponentConfig):
+    first_requests: int = Field(1, ge=1)
+    """How many entry spans per ECS/Fargate execution environment (per service in a task: keyed
+    by aws.ecs.task.arn, else service.instance.id or container.id) are inferred cold, counted from
+    the first one the processor sees: a container's first requests often wait for lazy imports,
+    connection pools and warming caches. Default 1."""
+
+
+class Config(ComponentConfig):
+    container: ContainerConfig = Field(default_factory=ContainerConfig)
+    """ECS/Fargate cold start inference."""
+
+    max_environments: int = Field(100_000, ge=1)
+    """Most execution environments remembered for inference; the least recently seen one is
+    forgotten first (its next span would be inferred cold). Default 100000."""
+
+    environment_ttl: Duration = Field(7200.0, ge=0)
+    """An environment with no entry span for this long is forgotten, like 2h. Lambda execution
+    environments live a few hours at most. Default 2h; 0 means never (only max_environments
+    bounds the state)."""
+
+    startup_grace: Duration = Field(10.0, ge=0)
+    """How long before the collector's start an environment may have started and still have its
+    first requests inferred, like 10s: covers a sidecar collector starting a little after its
+    application. An environment that started earlier (by the resource's process.creation.time,
+    else its first entry span's start) may have served requests the collector never saw: its
+    first requests get no coldtail.cold_start. Default 10s; 0 means no grace."""
+
+
+def normalize_init_type(text: str) -> str:
+    """`PROVISIONED_CONCURRENCY`, `SnapStart`, ... to the Telemetry API spelling
+    (`provisioned-concurrency`, `snap-start`)."""
+    value = text.strip().lower().replace("_", "-")
+    return SNAP_START if value == "snapstart" else value
+
+
+@dataclass(frozen=True, slots=True)
+class InitReport:
+    """What is known of one init, from a report or an init span."""
+
+    init_duration_ms: float
+    init_type: str | None  # None: an init span that does not say
+
+
+class InitReports:
+    """Lambda init reports (Telemetry API `platform.initReport`) waiting for the first entry span
+    of their execution environment.
+
+    A receiver calls `record`; coldstart processors `take` a report when they judge an entry
+    span of that environment. Safe to call from any thread and from the event loop (no call
+    blocks for more than a dict operation). At most `max_pending` reports are held; the oldest
+    is dropped first. A report is taken once: with coldstart processors in several pipelines,
+    the first to see the environment joins it.
+    """
+
+    def __init__(self, max_pending: int = 10_000) -> None:
+        self.max_pending = max_pending
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[str, InitReport] = OrderedDict()
+
+    def record(self, environment: str, init_duration_ms: float, init_type: str = ON_DEMAND) -> None:
+        """Report that `environment` (its id as on the resource: `faas.instance`, the log stream
+        name, else `service.instance.id` or `host.id`) initialized in `init_duration_ms`
+        milliseconds; `init_type` is the Telemetry API initializationType."""
+        report = InitReport(float(init_duration_ms), normalize_init_type(init_type))
+        with self._lock:
+            self._pending[environment] = report
+            self._pending.move_to_end(environment)
+            if len(self._pending) > self.max_pending:
+                self._pending.popitem(last=False)
+
+    def take(self, environment: str) -> InitReport | None:
+        """Remove and return the report of `environment`, if any."""
+        with self._lock:
+            return self._pending.pop(environment, None)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+_reports_lock = threading.Lock()
+_reports: weakref.WeakKeyDictionary[Telemetry, InitReports] = weakref.WeakKeyDictionary()
+
+
+def init_reports(telemetry: Telemetry) -> InitReports:
+    """The init report store of the service owning `telemetry`, shared by its receivers and
+    coldstart processors; created on first use."""
+    with _reports_lock:
+        store = _reports.get(telemetry)
+        if store is None:
+            store = _reports[telemetry] = InitReports()
+        return store
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["processor", "pipeline"]
+        self.environments = Gauge(
+            "otelcol_processor_coldstart_environments",
+            "Execution environments tracked for cold start inference.",
+            labels,
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "otelcol_processor_coldstart_evictions",
+            "Execution environments forgotten, by reason (lru: over max_environments, ttl: idle "
+            "longer than environment_ttl).",
+            [*labels, "reason"],
+            registry=registry,
+        )
+        self.cold_starts = Counter(
+            "otelcol_processor_coldstart_cold_starts",
+            "Entry spans tagged as cold starts, by source.",
+            [*labels, "source"],
+            registry=registry,
+        )
+
+
+# One processor per pipeline shares the service's registry, which refuses a second metric of
+# the same name.
+_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _metrics(registry: CollectorRegistry) -> _Metrics:
+    metrics = _metrics_by_registry.get(registry)
+    if metrics is None:
+        metrics = _metrics_by_registry[registry] = _Metrics(registry)
+    return metrics
+
+
+class _Resource(NamedTuple):
+    """What the processor needs from one resource, read once per ResourceSpans."""
+
+    platform: str
+    key: tuple[str, str] | None  # (service.name, environment id)
+    window: int  # entry spans per environment that are cold
+    start_ns: int | None  # process.creation.time
+    init_type: str | None
+
+
+class _Environment:
+    __slots__ = ("first_cold", "last_seen", "seen")
+
+    def __init__(self, first_cold: bool | None) -> None:
+        # True, or None when the environment predates the collector and can't be judged.
+        self.first_cold = first_cold
+        self.seen = 0  # entry spans seen, counted up to the cold window only
+        self.last_seen = 0.0
+
+
+def _flag(value: AnyValue) -> bool | None:
+    kind = value.WhichOneof("value")
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "string_value":
+        text = value.string_value.strip().lower()
+        if text in ("true", "false"):
+            return text == "true"
+    return None
+
+
+def _instrumented(found: dict) -> bool | None:
+    for key in (FAAS_COLDSTART, COLD_START):
+        kv = found.get(key)
+        if kv is not None:
+            flag = _flag(kv.value)
+            if flag is not None:
+                return flag
+    return None
+
+
+def _parse_time_ns(text: str) -> int | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1e9)
+
+
+def _scan(attrs) -> dict:
+    """The KeyValues of the span attributes this processor reads or writes, in one pass."""
+    return {kv.key: kv for kv in attrs if kv.key in _SPAN_KEYS}
+
+
+def _value(attrs, found: dict, key: str) -> AnyValue:
+    """The value of span attribute `key`, added when the span lacks it."""
+    kv = found.get(key)
+    if kv is None:
+        kv = attrs.add()
+        kv.key = key
+    return kv.value
+
+
+@functools.cache
+def _tags(cold: bool, source: str, with_cold_start: bool, with_faas: bool) -> bytes:
+    """A serialized Span holding only the tags to add. Merging it into a span appends them to its
+    attributes in one call, several times faster than adding them one by one."""
+    span = Span()
+    if with_cold_start:
+        span.attributes.add(key=COLD_START).value.bool_value = cold
+    span.attributes.add(key=SOURCE).value.string_value = source
+    if with_faas:
+        span.attributes.add(key=FAAS_COLDSTART).value.bool_value = cold
+    return span.SerializeToString()
+
+
+def _init_of(span: Span, found: dict) -> InitReport:
+    kv = found.get(INIT_TYPE)
+    init_type = normalize_init_type(kv.value.string_value) if kv is not None else None
+    return InitReport(duration_ns(span) / 1e6, init_type)
+
+
+class ColdStartProcessor(Processor):
+    mutates_data = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Config,
+        signal: Signal,
+        next: Consumer,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(settings, config, signal, next)
+        # Wall-clock seconds; drives the late-start rule and environment_ttl.
+        self.clock = clock
+        self.reports = init_reports(settings.telemetry)
+        self.environments: OrderedDict[tuple[str, str], _Environment] = OrderedDict()
+        self._judgeable_from_ns = int((clock() - config.startup_grace) * 1e9)
+        metrics = _metrics(settings.telemetry.registry)
+        labels = {"processor": str(settings.id), "pipeline": settings.pipeline}
+        self._tracked = metrics.environments.labels(**labels)
+        self._evicted_lru = metrics.evictions.labels(**labels, reason="lru")
+        self._evicted_ttl = metrics.evictions.labels(**labels, reason="ttl")
+        self._cold_starts = {s: metrics.cold_starts.labels(**labels, source=s) for s in SOURCES}
+        self._lru_evictions = 0  # since the last batch ended
+
+    def process(self, batch):
+        now = self.clock()
+        self._expire(now)
+        inits: dict[bytes, InitReport] = {}
+        entries = []
+        # Init spans are collected first so that an entry span judged before its trace's init
+        # span in batch order still gets the init duration and type.
+        for rs in batch.resource_spans:
+            resource = self._classify(rs.resource.attributes)
+            if resource is None:
+                continue
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    if span.name == _INIT_SPAN_NAME:
+                        inits[span.trace_id] = _init_of(span, _scan(span.attributes))
+                    elif is_entry_span(span):
+                        found = _scan(span.attributes)
+                        if INIT_TYPE in found and span.kind not in _REQUEST_KINDS:
+                            inits[span.trace_id] = _init_of(span, found)
+                        else:
+                            entries.append((span, found, resource))
+        # Metrics are updated once per batch: a batch from a fleet starting up is all cold.
+        cold_starts = dict.fromkeys(SOURCES, 0)
+        for span, found, resource in entries:
+            init = inits.get(span.trace_id) if inits else None
+            source = self._judge(span, found, resource, init, now)
+            if source is not None:
+                cold_starts[source] += 1
+        for source, count in cold_starts.items():
+            if count:
+                self._cold_starts[source].inc(count)
+        if self._lru_evictions:
+            self._evicted_lru.inc(self._lru_evictions)
+            self._lru_evictions = 0
+        self._tracked.set(len(self.environments))
+        return batch
+
+    def _classify(self, attrs) -> _Resource | None:
+        """None for a resource that is neither Lambda nor ECS."""
+        values: dict[str, AnyValue] = {}
+        faas = ecs = False
+        for kv in attrs:
+            key = kv.key
+            if key in _RESOURCE_KEYS:
+                values[key] = kv.value
+            if key.startswith(_PLATFORM_PREFIXES):
+                if key.startswith("faas."):
+                    faas = True
+                else:
+                    ecs = True
+        cloud = values.get("cloud.platform")
+        cloud_platform = cloud.string_value if cloud is not None else ""
+        if cloud_platform == "aws_lambda" or faas:
+            platform, window = _LAMBDA, 1
+        elif cloud_platform == "aws_ecs" or ecs:
+            platform, window = _ECS, self.config.container.first_requests
+        else:
+            return None
+        key = None
+        for name in _ENVIRONMENT_KEYS[platform]:
+            value = values.get(name)
+            if value is not None and value.string_value:
+                service = values.get("service.name")
+                key = (service.string_value if service is not None else "", value.string_value)
+                break
+        created = values.get("process.creation.time")
+        init_type = values.get(INIT_TYPE)
+        return _Resource(
+            platform,
+            key,
+            window,
+            _parse_time_ns(created.string_value) if created is not None else None,
+            normalize_init_type(init_type.string_value) if init_type is not None else None,
+        )
+
+    def _expire(self, now: float) -> None:
+        ttl = self.config.environment_ttl
+        if not ttl:
+            return
+        deadline = now - ttl
+        environments = self.environments
+        while environments:
+            key, state = next(iter(environments.items()))
+            if state.last_seen > deadline:
+                return
+            del environments[key]
+            self._evicted_ttl.inc()
+
+    def _visit(self, span: Span, resource: _Resource, now: float) -> tuple[int, bool | None]:
+        """(entry spans seen before this one, up to the cold window; the cold verdict for the
+        window) of the span's environment, which becomes the most recently seen."""
+        environments = self.environments
+        state = environments.get(resource.key)
+        if state is None:
+            started = resource.start_ns
+            if started is None:
+                started = span.start_time_unix_nano
+            state = _Environment(True if started >= self._judgeable_from_ns else None)
+            environments[resource.key] = state
+            if len(environments) > self.config.max_environments:
+                environments.popitem(last=False)
+                self._lru_evictions += 1
+        else:
+            environments.move_to_end(resource.key)
+        state.last_seen = now
+        position = state.seen
+        if position < resource.window:
+            state.seen = position + 1
+        return position, state.first_cold
+
+    def _judge(
+        self, span: Span, found: dict, resource: _Resource, init: InitReport | None, now: float
+    ) -> str | None:
+        """Tag one entry span; the source when it was tagged cold."""
+        position = first_cold = report = None
+        if resource.key is not None:
+            position, first_cold = self._visit(span, resource, now)
+            if self.reports:
+                report = self.reports.take(resource.key[1])
+                if position != 0:
+                    report = None  # too late: this environment's cold span is already gone
+        if SOURCE in found:
+            return None
+
+        cold, source = _instrumented(found), INSTRUMENTATION
+        if cold is None:
+            if report is not None:
+                cold, source = True, TELEMETRY_API
+            elif position is not None:
+                cold, source = (first_cold if position < resource.window else False), INFERRED
+
+        if init is None:
+            init = report
+        init_type = resource.init_type
+        if init is not None and init.init_type is not None:
+            init_type = init.init_type
+        kv = found.get(INIT_TYPE)
+        if kv is not None:
+            init_type = normalize_init_type(kv.value.string_value)
+        if cold and init_type in _AHEAD_OF_REQUESTS:
+            cold = False
+
+        if cold is not None:
+            kv = found.get(COLD_START)
+            if kv is not None:
+                kv.value.bool_value = cold
+            with_faas = resource.platform == _LAMBDA and FAAS_COLDSTART not in found
+            span.MergeFromString(_tags(cold, source, kv is None, with_faas))
+        if init is not None:
+            attrs = span.attributes
+            if init.init_type is not None and INIT_TYPE not in found:
+                _value(attrs, found, INIT_TYPE).string_value = init.init_type
+            if INIT_DURATION_MS not in found:
+                _value(attrs, found, INIT_DURATION_MS).double_value = init.init_duration_ms
+        return source if cold else None
+
+
+factory = Factory(
+    kind=Kind.PROCESSOR,
+    type="coldstart",
+    config=Config,
+    create=ColdStartProcessor,
+    signals={Signal.TRACES: Stability.ALPHA},
+    description=(
+        "Tags entry spans (kind SERVER or CONSUMER, or no parent) of AWS Lambda and ECS/Fargate "
+        "resources with whether they paid a cold start (coldtail.cold_start, "
+        "coldtail.cold_start.source, faas.coldstart), from instrumentation, Lambda Telemetry API "
+        "init reports, or the first requests of each execution environment; provisioned "
+        "concurrency and SnapStart inits are not cold starts. Adds coldtail.init_type and "
+        "coldtail.init_duration_ms when known."
+    ),
+)
