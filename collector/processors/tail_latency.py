@@ -17,6 +17,10 @@ the exact percentiles, so a span within 1% of one may fall either side.
 A span's own duration joins the sketch before the span is judged: the span is part of the
 population it is compared with, as for an exact percentile of the window.
 
+Ties: when a percentile falls in the same sketch bucket as the median (latencies that barely
+vary, such as a health check), "at or above the p99" would tag nearly every span, so there a
+span must be slower than the whole bucket of the percentile to be in its tail.
+
 Per-span cost stays constant: thresholds are recomputed only when the window moves or has grown
 by 1/64 since the last computation, which shifts a stationary percentile by far less than the
 sketch's own error. The window is `sub_windows` rotating sub-windows of window / sub_windows
@@ -38,6 +42,7 @@ Cold start comes from `coldtail.cold_start`, else the semantic convention `faas.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import weakref
@@ -55,7 +60,7 @@ from collector.config_types import ComponentConfig, Duration
 from collector.consumer import Consumer
 from collector.pdata import any_value_to_python, is_entry_span, set_attr
 from collector.processors.base import Processor
-from collector.processors.sketch import WindowedSketch
+from collector.processors.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
 
 SPAN_NAME = "span.name"
 SPAN_KIND = "span.kind"
@@ -168,12 +173,21 @@ class _Series:
     """What one key holds: its window of durations (ns), the thresholds spans are judged by and
     its tail span counts."""
 
-    __slots__ = ("labels", "refresh_at", "refresh_epoch", "sketch", "tail_spans", "thresholds")
+    __slots__ = (
+        "cutoffs",
+        "labels",
+        "refresh_at",
+        "refresh_epoch",
+        "sketch",
+        "tail_spans",
+        "thresholds",
+    )
 
     def __init__(self, sketch: WindowedSketch, labels: dict, tails: int) -> None:
         self.sketch = sketch
         self.labels = labels
         self.thresholds: list[float] = []  # ns, one per configured percentile
+        self.cutoffs: list[float] = []  # ns: a span at or above cutoff i is in tail i
         self.refresh_at = 0  # window count at which thresholds are recomputed
         self.refresh_epoch = -1
         # [percentile index * 3 + cold start index]
@@ -245,16 +259,26 @@ class TailLatency(Processor):
         if count < self._min_count or not self._quantiles:
             return
         if count >= series.refresh_at or series.refresh_epoch != sketch.epoch:
-            series.thresholds = sketch.quantiles(self._quantiles)
+            median, *series.thresholds = sketch.quantiles([0.5, *self._quantiles])
+            series.cutoffs = [self._cutoff(t, median) for t in series.thresholds]
             series.refresh_at = count + (count >> _REFRESH_SHIFT) + 1
             series.refresh_epoch = sketch.epoch
-        thresholds = series.thresholds
+        thresholds, cutoffs = series.thresholds, series.cutoffs
         for i in range(len(thresholds) - 1, -1, -1):
-            if duration >= thresholds[i]:
+            if duration >= cutoffs[i]:
                 set_attr(span.attributes, TAIL_ATTR, self._tail_labels[i])
                 set_attr(span.attributes, THRESHOLD_ATTR, thresholds[i] / _NS_PER_MS)
                 series.tail_spans[i * len(COLD_START_LABELS) + _cold_start(found)] += 1
                 return
+
+    @staticmethod
+    def _cutoff(threshold: float, median: float) -> float:
+        """`threshold`, or just past the top of its bucket when the median shares that bucket
+        (see Ties in the module docstring)."""
+        if threshold > median:
+            return threshold
+        # Bucket tops are representative / (1 - a); a value at the top still belongs inside.
+        return math.nextafter(threshold / (1 - DEFAULT_RELATIVE_ACCURACY), math.inf)
 
     def _key(self, span: Span, resource: dict[str, str], found: dict) -> tuple[str, ...]:
         parts = []

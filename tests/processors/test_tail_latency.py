@@ -199,6 +199,13 @@ def test_tags_highest_percentile_crossed_with_its_threshold():
     assert isinstance(get_attr(first.attributes, "coldtail.latency.threshold_ms"), float)
 
 
+def test_steady_latency_has_no_tail_but_a_slower_span_does():
+    processor, _ = make_processor(factory, {"min_samples": 50}, clock=FakeClock())
+    # p95 and p99 share the median's bucket: equal latencies are not a tail.
+    assert tags(processor.process(spans([20.0] * 200))) == [None] * 200
+    assert tags(processor.process(spans([20.1, 21.0, 200.0]))) == [None, "p99", "p99"]
+
+
 def test_no_tags_before_min_samples():
     processor, _ = make_processor(factory, {"min_samples": 50}, clock=FakeClock())
     # Rising latencies: every span is the slowest yet, so it is tagged once judged at all.
@@ -363,7 +370,7 @@ async def test_pipelines_share_a_registry_and_shutdown_removes_metrics():
         processors.append(processor)
     processors[0].process(spans([10]))
     processors[1].process(spans([20]))
-    await processors[1].consume(spans([20]))
+    await processors[1].consume(spans([30]))
 
     text = telemetry.exposition().decode()
     assert text.count("# TYPE coldtail_tail_latency_percentile_ms gauge") == 1
