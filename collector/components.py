@@ -23,6 +23,8 @@ _MODULES = [
     "collector.exporters.file",
     "collector.exporters.otlp",
     "collector.exporters.otlphttp",
+    "collector.exporters.prometheus",
+    "collector.exporters.prometheusremotewrite",
     "collector.extensions.health_check",
 ]
 

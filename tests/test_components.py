@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aiohttp import web
 
 from collector.component import Factory, Kind, Signal
 from collector.components import registry
@@ -39,10 +40,32 @@ async def backend():
         yield b
 
 
+@pytest.fixture
+async def remote_write():
+    """A Prometheus remote-write endpoint that accepts every request, as a receiver does."""
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/write", accept)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1/write"
+    await runner.cleanup()
+
+
 @pytest.mark.parametrize("factory", all_factories())
-async def test_create_start_consume_shutdown(factory: Factory, tmp_path, backend):
+async def test_create_start_consume_shutdown(factory: Factory, tmp_path, backend, remote_write):
     config = sample_config(
-        factory, tmp=str(tmp_path), grpc=backend.grpc_endpoint, http=backend.http_endpoint
+        factory,
+        tmp=str(tmp_path),
+        grpc=backend.grpc_endpoint,
+        http=backend.http_endpoint,
+        remote_write=remote_write,
     )
     settings = make_settings(factory.kind, factory.type)
     host = StaticHost()
@@ -86,7 +109,11 @@ async def test_create_start_consume_shutdown(factory: Factory, tmp_path, backend
 @pytest.mark.parametrize("factory", all_factories())
 async def test_shutdown_without_start_is_safe(factory: Factory, tmp_path):
     config = sample_config(
-        factory, tmp=str(tmp_path), grpc="127.0.0.1:1", http="http://127.0.0.1:1"
+        factory,
+        tmp=str(tmp_path),
+        grpc="127.0.0.1:1",
+        http="http://127.0.0.1:1",
+        remote_write="http://127.0.0.1:1/api/v1/write",
     )
     settings = make_settings(factory.kind, factory.type)
     signal = next(iter(factory.signals), Signal.TRACES)

@@ -7,10 +7,7 @@ is permanent.
 
 from __future__ import annotations
 
-import email.utils
 import gzip
-import ssl
-import time
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -23,22 +20,21 @@ from collector import otlpjson
 from collector.component import Factory, Kind, Settings, Signal, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import PermanentError, RetryableError
+from collector.exporters.http_client import (
+    TLSConfig,
+    client_session,
+    parse_retry_after,
+    read_body,
+)
 from collector.exporters.sender import (
     Exporter,
     SenderConfig,
-    TLSClientConfig,
     check_partial_success,
 )
 from collector.pdata import RESPONSE_TYPES
 
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _CONTENT_TYPES = {"proto": "application/x-protobuf", "json": "application/json"}
-_MAX_RESPONSE = 64 * 1024  # responses are small; never buffer a huge one
-
-
-class TLSConfig(TLSClientConfig):
-    insecure_skip_verify: bool = False
-    """Accept any server certificate, without verifying it (default false). Only for tests."""
 
 
 class ClientConfig(ComponentConfig):
@@ -92,19 +88,6 @@ class Config(SenderConfig, ClientConfig):
     pass
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _error_message(body: bytes, content_type: str) -> str:
     """The message of a google.rpc.Status error body, else the body as text."""
     try:
@@ -115,15 +98,6 @@ def _error_message(body: bytes, content_type: str) -> str:
     except (ValueError, DecodeError):
         pass
     return body.decode("utf-8", "replace").strip()
-
-
-async def _read_body(response: aiohttp.ClientResponse) -> bytes:
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(_MAX_RESPONSE):
-        body += chunk
-        if len(body) >= _MAX_RESPONSE:
-            break
-    return bytes(body[:_MAX_RESPONSE])
 
 
 class OTLPHTTPExporter(Exporter):
@@ -143,23 +117,8 @@ class OTLPHTTPExporter(Exporter):
             self._headers["Content-Encoding"] = "gzip"
         self._session: aiohttp.ClientSession | None = None
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        tls = self.config.tls
-        context = ssl.create_default_context(cafile=tls.ca_file or None)
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        if tls.insecure_skip_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
-
     async def connect(self) -> None:
-        secure = urlsplit(self._url).scheme == "https"
-        connector = aiohttp.TCPConnector(ssl=self._ssl_context() if secure else False)
-        # No client-side total timeout: the sender's `timeout` bounds every attempt.
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None)
-        )
+        self._session = client_session(self._url, self.config.tls)
 
     async def disconnect(self) -> None:
         if self._session is not None:
@@ -183,9 +142,9 @@ class OTLPHTTPExporter(Exporter):
                 headers=self._headers,
                 server_hostname=self.config.tls.server_name_override or None,
             ) as response:
-                body = await _read_body(response)
+                body = await read_body(response)
                 status, content_type = response.status, response.content_type
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, OSError) as e:
             raise RetryableError(f"request to {self._url} failed: {e!r}") from None
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from collector.component import Kind, Signal
 from collector.consumer import RetryableError
 from collector.exporters import otlphttp
+from collector.exporters.http_client import parse_retry_after
 from collector.pdata import ITEM_NAMES
 from collector.telemetry import Telemetry
 from collector.testing.backend import Backend, self_signed_cert
@@ -78,12 +79,12 @@ def test_config_and_urls():
 
 
 def test_retry_after_accepts_seconds_and_http_dates():
-    assert otlphttp._retry_after("7") == 7.0
-    assert otlphttp._retry_after(None) is None
-    assert otlphttp._retry_after("soon") is None
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
     in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
-    assert 55 < otlphttp._retry_after(in_a_minute) <= 60
-    assert otlphttp._retry_after("Mon, 01 Jan 2001 00:00:00 GMT") == 0.0
+    assert 55 < parse_retry_after(in_a_minute) <= 60
+    assert parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT") == 0.0
 
 
 @pytest.mark.parametrize("signal", list(Signal))

@@ -1,0 +1,190 @@
+"""Exporter `prometheusremotewrite`: Prometheus remote write 1.0 through the shared sender chain.
+
+Each batch becomes one or more snappy-compressed protobuf WriteRequests (split to stay under
+`max_batch_size_bytes`), with series translated as collector.exporters.promnames describes.
+Remote write carries cumulative values only: delta sums and histograms are left out with a
+logged note and reported as rejected, as in the Collector; so are exponential histograms.
+A point flagged "no recorded value" is sent as a staleness marker.
+
+Responses: 2xx is success; 429 and 5xx are retried (honouring Retry-After), as are connection
+errors; any other status is permanent. When a batch needs several requests and a later one
+fails, the retry resends the earlier ones too; Prometheus accepts an identical sample twice.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import aiohttp
+import cramjam
+from pydantic import Field, field_validator
+
+from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.config_types import ComponentConfig
+from collector.consumer import PermanentError, RetryableError
+from collector.exporters import promnames, prompb
+from collector.exporters.http_client import (
+    TLSConfig,
+    client_session,
+    parse_retry_after,
+    read_body,
+)
+from collector.exporters.prometheus import ResourceToTelemetryConfig
+from collector.exporters.sender import Exporter, SenderConfig
+
+_HEADERS = {
+    "Content-Encoding": "snappy",
+    "Content-Type": "application/x-protobuf",
+    "X-Prometheus-Remote-Write-Version": "0.1.0",
+    "User-Agent": "coldtail",
+}
+_DELTA_NOTE = "remote write carries cumulative values only; delta points are dropped"
+
+
+class TargetInfoConfig(ComponentConfig):
+    enabled: bool = True
+    """Send one `target_info` series per resource with its attributes (default true)."""
+
+
+class ClientConfig(ComponentConfig):
+    """The options of this exporter besides the sender blocks."""
+
+    endpoint: str
+    """URL of the remote-write receiver, like http://prometheus:9090/api/v1/write (required)."""
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    """TLS settings for https URLs."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every request (default empty = none); cannot replace the remote-write
+    protocol headers."""
+    namespace: str = ""
+    """Prefix of every metric name, joined with `_` (default empty = no prefix)."""
+    external_labels: dict[str, str] = Field(default_factory=dict)
+    """Labels added to every series that does not carry them already (default empty =
+    none)."""
+    resource_to_telemetry_conversion: ResourceToTelemetryConfig = Field(
+        default_factory=ResourceToTelemetryConfig
+    )
+    """Resource attributes as labels on every series."""
+    target_info: TargetInfoConfig = Field(default_factory=TargetInfoConfig)
+    """The `target_info` series of each resource."""
+    add_metric_suffixes: bool = True
+    """Append unit suffixes (`_seconds`, `_bytes`, `_ratio`) and `_total` for counters to metric
+    names (default true). When false, names are only sanitised."""
+    max_batch_size_bytes: int = Field(3_000_000, ge=1)
+    """Largest uncompressed WriteRequest, in bytes (default 3000000); a batch beyond it is sent
+    as several requests. A single series larger than this is sent alone."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"invalid URL {value!r}: expected http(s)://host[:port]/path")
+        return value
+
+    _check_external_labels = field_validator("external_labels")(promnames.check_label_names)
+
+
+# With the bases in this order, pydantic lists the sender blocks after the exporter's own options.
+class Config(SenderConfig, ClientConfig):
+    pass
+
+
+def write_requests(points: list[promnames.Point], max_bytes: int) -> list[prompb.WriteRequest]:
+    """The cumulative points as WriteRequests of at most `max_bytes` (unless one series alone
+    is larger). Samples of one series are merged into one TimeSeries in time order."""
+    by_series: dict[tuple, list[tuple[int, float]]] = {}
+    for point in points:
+        timestamp_ms = point.time_ns // 1_000_000
+        for name, labels, value in promnames.samples(point):
+            key = (("__name__", name), *labels)
+            by_series.setdefault(key, []).append((timestamp_ms, value))
+    requests: list[prompb.WriteRequest] = []
+    request, size = prompb.WriteRequest(), 0
+    for key, samples in by_series.items():
+        series = prompb.TimeSeries()
+        for name, value in sorted(key):
+            series.labels.add(name=name, value=value)
+        for timestamp_ms, value in sorted(samples, key=lambda s: s[0]):
+            series.samples.add(value=value, timestamp=timestamp_ms)
+        # Each series costs its size plus a tag and length prefix of a few bytes.
+        series_size = series.ByteSize() + 8
+        if request.timeseries and size + series_size > max_bytes:
+            requests.append(request)
+            request, size = prompb.WriteRequest(), 0
+        request.timeseries.append(series)
+        size += series_size
+    if request.timeseries:
+        requests.append(request)
+    return requests
+
+
+class PrometheusRemoteWriteExporter(Exporter):
+    def __init__(self, settings: Settings, config: Config, signal: Signal) -> None:
+        super().__init__(settings, config, signal)
+        self._options = promnames.Options(
+            namespace=config.namespace,
+            add_metric_suffixes=config.add_metric_suffixes,
+            resource_to_telemetry=config.resource_to_telemetry_conversion.enabled,
+            extra_labels=config.external_labels,
+            target_info=config.target_info.enabled,
+        )
+        self._headers = {**config.headers, **_HEADERS}
+        self._session: aiohttp.ClientSession | None = None
+        self._skip_log = promnames.SkipLog(self.log)
+
+    async def connect(self) -> None:
+        self._session = client_session(self.config.endpoint, self.config.tls)
+
+    async def disconnect(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def push(self, batch) -> None:
+        translation = promnames.translate(batch, self._options)
+        points = []
+        for point in translation.points:
+            if point.delta:
+                translation.skip(_DELTA_NOTE, point.name, 1)
+            else:
+                points.append(point)
+        for request in write_requests(points, self.config.max_batch_size_bytes):
+            await self._post(bytes(cramjam.snappy.compress_raw(request.SerializeToString())))
+        if translation.skipped:
+            self._skip_log(translation.skipped)
+            raise PermanentError(
+                "; ".join(f"{metric}: {reason}" for reason, metric in translation.skipped),
+                rejected=translation.skipped_count,
+            )
+
+    async def _post(self, body: bytes) -> None:
+        url = self.config.endpoint
+        try:
+            async with self._session.post(
+                url,
+                data=body,
+                headers=self._headers,
+                server_hostname=self.config.tls.server_name_override or None,
+            ) as response:
+                status = response.status
+                text = (await read_body(response)).decode("utf-8", "replace").strip()
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, OSError) as e:
+            raise RetryableError(f"request to {url} failed: {e!r}") from None
+        if 200 <= status < 300:
+            return
+        message = f"{url} responded with HTTP {status}: {text or 'no message'}"
+        if status == 429 or status >= 500:
+            raise RetryableError(message, retry_after=retry_after)
+        raise PermanentError(message)
+
+
+factory = Factory(
+    kind=Kind.EXPORTER,
+    type="prometheusremotewrite",
+    config=Config,
+    create=PrometheusRemoteWriteExporter,
+    signals={Signal.METRICS: Stability.ALPHA},
+    description="Sends metrics with the Prometheus remote-write 1.0 protocol.",
+)
