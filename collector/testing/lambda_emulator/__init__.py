@@ -1,0 +1,44 @@
+"""A faithful local AWS Lambda for tests: the Runtime API (2018-06-01) served per execution
+environment, real runtime processes (awslambdaric, through AWS_LAMBDA_EXEC_WRAPPER when set),
+Lambda's environment variables, cold and warm starts, freezing between invocations, timeouts,
+crashes, init errors, concurrent and provisioned environments, and shutdown.
+
+    async with LambdaEmulator("app.handler", code_dir, timeout=3) as fn:
+        result = await fn.invoke({"key": "value"})
+        assert result.status == Status.SUCCESS and result.cold
+
+As a command, printing each result as one JSON line:
+
+    python -m collector.testing.lambda_emulator --handler app.handler --code DIR --event FILE
+"""
+
+from collector.testing.lambda_emulator.emulator import LambdaEmulator, trace_header
+from collector.testing.lambda_emulator.environment import (
+    EnvironmentHooks,
+    ExecutionEnvironment,
+    FunctionConfig,
+    FunctionError,
+    InitType,
+    InvocationResult,
+    Status,
+)
+from collector.testing.lambda_emulator.runtime_api import (
+    Invocation,
+    RuntimeAPIServer,
+    RuntimeReply,
+)
+
+__all__ = [
+    "EnvironmentHooks",
+    "ExecutionEnvironment",
+    "FunctionConfig",
+    "FunctionError",
+    "InitType",
+    "Invocation",
+    "InvocationResult",
+    "LambdaEmulator",
+    "RuntimeAPIServer",
+    "RuntimeReply",
+    "Status",
+    "trace_header",
+]

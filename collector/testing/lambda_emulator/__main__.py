@@ -1,0 +1,71 @@
+"""Invoke a Python handler in the local Lambda emulator and print each result as a JSON line;
+the function's log lines go to stderr afterwards. Exits 1 when an invocation did not succeed.
+
+    python -m collector.testing.lambda_emulator --handler app.handler --code DIR --event FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from collector.testing.lambda_emulator.emulator import LambdaEmulator
+from collector.testing.lambda_emulator.environment import Status
+
+
+def _variable(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return name, value
+
+
+async def _run(args: argparse.Namespace) -> int:
+    event = Path(args.event).read_bytes() if args.event else b"{}"
+    emulator = LambdaEmulator(
+        args.handler,
+        args.code,
+        env=dict(args.env),
+        timeout=args.timeout,
+        memory_mb=args.memory,
+        exec_wrapper=args.wrapper,
+        layers=args.layer,
+    )
+    succeeded = True
+    async with emulator:
+        for _ in range(args.invocations):
+            result = await emulator.invoke(event)
+            succeeded = succeeded and result.status == Status.SUCCESS
+            print(json.dumps(dataclasses.asdict(result)), flush=True)
+    for lines in emulator.log_streams.values():
+        for line in lines:
+            print(line, file=sys.stderr)
+    return 0 if succeeded else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m collector.testing.lambda_emulator",
+        description="Invoke a Python Lambda handler locally, in real runtime processes, and "
+        "print each result as a JSON line.",
+    )
+    parser.add_argument("--handler", required=True, help="module.function, as Lambda's _HANDLER")
+    parser.add_argument("--code", required=True, help="the function's code directory")
+    parser.add_argument("--event", help="file holding the event (default: {})")
+    parser.add_argument("--wrapper", help="AWS_LAMBDA_EXEC_WRAPPER script")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    parser.add_argument("--memory", type=int, default=128, help="MB (default 128)")
+    parser.add_argument("--invocations", type=int, default=1, help="how many (default 1)")
+    parser.add_argument("--env", type=_variable, action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--layer", action="append", default=[], metavar="DIR", help="added to PYTHONPATH"
+    )
+    return asyncio.run(_run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
