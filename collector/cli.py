@@ -1,4 +1,4 @@
-"""Command line: coldtail run | validate | components."""
+"""Command line: coldtail run | validate | components | emulate."""
 
 from __future__ import annotations
 
@@ -114,6 +114,12 @@ def cmd_components(_args) -> int:
     return 0
 
 
+def cmd_emulate(argv: list[str]) -> int:
+    from collector.testing.lambda_emulator.__main__ import main as emulate
+
+    return emulate(argv, prog="coldtail emulate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coldtail", description="coldtail collector")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,10 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_validate)
     comps = sub.add_parser("components", help="list component types, signals and stability")
     comps.set_defaults(func=cmd_components)
+    sub.add_parser(
+        "emulate",
+        add_help=False,
+        help="invoke a Lambda handler locally in real runtime processes (coldtail emulate --help)",
+    )
+    # Listed for help only: main() hands `emulate` and all that follows to the emulator's own
+    # parser, which argparse subcommands cannot forward options to.
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulate"]:
+        return cmd_emulate(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

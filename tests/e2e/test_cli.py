@@ -1,5 +1,6 @@
 """The command line as a user runs it: validate, components, and run on the embedded default."""
 
+import json
 import subprocess
 import sys
 import urllib.request
@@ -109,3 +110,23 @@ def test_run_embedded_default_pipeline(tmp_path):
         )
         == 3
     )
+
+
+def test_emulate_invokes_a_handler_in_the_local_lambda(tmp_path):
+    event = tmp_path / "event.json"
+    event.write_text('{"order": 42}')
+    result = coldtail(
+        "emulate",
+        "--handler",
+        "echo.handler",
+        "--code",
+        "tests/testing/lambda_functions",
+        "--event",
+        str(event),
+        "--invocations",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert (first["status"], first["cold"], second["cold"]) == ("success", True, False)
+    assert first["payload"]["event"] == {"order": 42}

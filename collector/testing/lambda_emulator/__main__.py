@@ -47,9 +47,11 @@ async def _run(args: argparse.Namespace) -> int:
     return 0 if succeeded else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, prog: str = "python -m collector.testing.lambda_emulator"
+) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m collector.testing.lambda_emulator",
+        prog=prog,
         description="Invoke a Python Lambda handler locally, in real runtime processes, and "
         "print each result as a JSON line.",
     )
