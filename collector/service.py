@@ -165,6 +165,20 @@ class Service:
         except Exception as e:
             raise RuntimeError(f"cannot start {label}: {e}") from e
 
+    async def flush(self, timeout: float) -> bool:
+        """Push held data down the pipeline, upstream first, into the backends, without
+        stopping anything: components that hold data offer `async flush()`. Returns False when
+        `timeout` (seconds) ran out first. The Lambda extension flushes before each freeze."""
+        try:
+            async with asyncio.timeout(timeout):
+                for _, component in reversed(self._order):
+                    flush = getattr(component, "flush", None)
+                    if flush is not None:
+                        await flush()
+        except TimeoutError:
+            return False
+        return True
+
     async def shutdown(self) -> None:
         """Stop receivers first and drain down the pipeline within shutdown_timeout."""
         if self.status == "stopped":

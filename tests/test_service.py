@@ -160,3 +160,40 @@ service:
         await service.start()
     assert service.status == "stopped"
     assert "shutdown exporter testexp (traces)" in EVENTS
+
+
+async def test_flush_pushes_held_data_into_the_backend_without_stopping():
+    from collector.exporters.otlp import factory as otlp_exporter
+    from collector.processors.batch import factory as batch
+    from collector.testing.backend import Backend
+
+    registry = recording_registry()
+    registry.register(batch)
+    registry.register(otlp_exporter)
+    async with Backend() as backend:
+        raw = yaml.safe_load(
+            f"""
+receivers: {{testrecv: }}
+processors: {{batch: {{timeout: 1h}}}}
+exporters:
+  otlp:
+    endpoint: "{backend.grpc_endpoint}"
+    tls: {{insecure: true}}
+    retry_on_failure: {{initial_interval: 50ms}}
+service:
+  telemetry: {{metrics: {{level: none}}}}
+  pipelines: {{traces: {{receivers: [testrecv], processors: [batch], exporters: [otlp]}}}}
+"""
+        )
+        service = Service(validate(raw, registry))
+        await service.start()
+        await INSTANCES[(Kind.RECEIVER, "testrecv")].emit(Signal.TRACES, make_traces(5))
+        assert backend.item_count(Signal.TRACES) == 0  # held by the batch processor
+        assert await service.flush(timeout=5)
+        assert backend.item_count(Signal.TRACES) == 5
+        assert service.status == "ready"
+        backend.down()
+        await INSTANCES[(Kind.RECEIVER, "testrecv")].emit(Signal.TRACES, make_traces(1))
+        assert not await service.flush(timeout=0.3)  # the backend refuses: bounded, not stuck
+        backend.up()
+        await service.shutdown()

@@ -175,6 +175,11 @@ class Sender:
             self._enqueue_failed.inc(count_items(batch))
             raise RetryableError("sending queue is full") from None
 
+    async def flush(self) -> None:
+        """Wait until every batch queued so far has been sent (or given up on)."""
+        if self._workers:
+            await self._queue.join()
+
     async def shutdown(self) -> None:
         """Refuse new batches, send everything queued, then stop the consumers. If cancelled
         (the service's shutdown timeout), drop what is left and stop at once."""
@@ -300,6 +305,9 @@ class Exporter:
 
     async def consume(self, batch) -> None:
         await self.sender.send(batch)
+
+    async def flush(self) -> None:
+        await self.sender.flush()
 
     async def shutdown(self) -> None:
         try:

@@ -73,6 +73,11 @@ class BatchProcessor(Processor):
         if self._held:
             await self._send(self._take(everything=True))
 
+    async def flush(self) -> None:
+        """Send everything held now (the Lambda extension does this before each freeze)."""
+        if self._held:
+            await self._send(self._take(everything=True))
+
     async def consume(self, batch) -> None:
         items = count_items(batch)
         self._incoming.inc(items)
