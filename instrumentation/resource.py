@@ -1,0 +1,71 @@
+"""The resource of a Lambda function's spans, from the runtime's environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from instrumentation import __version__
+
+_MIB = 1024 * 1024
+
+
+def lambda_resource(environ: Mapping[str, str] = os.environ) -> dict[str, object]:
+    """Resource attributes: the semantic conventions' cloud.* and faas.* (faas.max_memory in
+    bytes), coldtail.init_type, telemetry.sdk.*, then OTEL_RESOURCE_ATTRIBUTES over them;
+    service.name is OTEL_SERVICE_NAME, else the one in OTEL_RESOURCE_ATTRIBUTES, else the
+    function name."""
+    function_name = environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    attributes: dict[str, object] = {
+        "service.name": function_name or "unknown_service",
+        "cloud.provider": "aws",
+        "cloud.platform": "aws_lambda",
+        "cloud.region": environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION"),
+        "faas.name": function_name,
+        "faas.version": environ.get("AWS_LAMBDA_FUNCTION_VERSION"),
+        "faas.instance": environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
+        "faas.max_memory": _memory_bytes(environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")),
+        "coldtail.init_type": init_type(environ),
+        "telemetry.sdk.name": "coldtail",
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.version": __version__,
+    }
+    attributes.update(parse_key_values(environ.get("OTEL_RESOURCE_ATTRIBUTES", "")))
+    service_name = environ.get("OTEL_SERVICE_NAME", "").strip()
+    if service_name:
+        attributes["service.name"] = service_name
+    return {key: value for key, value in attributes.items() if value is not None}
+
+
+def init_type(environ: Mapping[str, str] = os.environ) -> str:
+    """AWS_LAMBDA_INITIALIZATION_TYPE: on-demand (the default), provisioned-concurrency or
+    snap-start."""
+    return environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") or "on-demand"
+
+
+def parse_key_values(text: str) -> dict[str, str]:
+    """A `k1=v1,k2=v2` list as in OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS:
+    keys and values trimmed and percent-decoded; entries without `=` or with an empty key are
+    skipped."""
+    pairs = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = _percent_decode(key.strip()), _percent_decode(value.strip())
+        if sep and key:
+            pairs[key] = value
+    return pairs
+
+
+def _percent_decode(text: str) -> str:
+    if "%" not in text:
+        return text
+    from urllib.parse import unquote
+
+    return unquote(text)
+
+
+def _memory_bytes(mib: str | None) -> int | None:
+    try:
+        return int(mib) * _MIB if mib else None
+    except ValueError:
+        return None
