@@ -9,6 +9,7 @@ from collector.component import Registry
 
 _MODULES = [
     "collector.receivers.otlp",
+    "collector.receivers.lambda_telemetry",
     "collector.processors.batch",
     "collector.processors.memory_limiter",
     "collector.processors.attributes",
