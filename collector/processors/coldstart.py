@@ -156,6 +156,9 @@ class InitReport:
     init_type: str | None  # None: an init span that does not say
 
 
+UNNAMED = ""  # the environment of a reporter that cannot name it (see InitReports.record)
+
+
 class InitReports:
     """Lambda init reports (Telemetry API `platform.initReport`) waiting for the first entry span
     of their execution environment.
@@ -175,7 +178,10 @@ class InitReports:
     def record(self, environment: str, init_duration_ms: float, init_type: str = ON_DEMAND) -> None:
         """Report that `environment` (its id as on the resource: `faas.instance`, the log stream
         name, else `service.instance.id` or `host.id`) initialized in `init_duration_ms`
-        milliseconds; `init_type` is the Telemetry API initializationType."""
+        milliseconds; `init_type` is the Telemetry API initializationType. `environment` ""
+        (UNNAMED) means the one environment this collector serves, whose id the reporter does not
+        know: a Lambda extension is not told its function's log stream name. The next new
+        environment takes that report."""
         report = InitReport(float(init_duration_ms), normalize_init_type(init_type))
         with self._lock:
             self._pending[environment] = report
@@ -184,9 +190,10 @@ class InitReports:
                 self._pending.popitem(last=False)
 
     def take(self, environment: str) -> InitReport | None:
-        """Remove and return the report of `environment`, if any."""
+        """Remove and return the report of `environment`, else an UNNAMED report, if any."""
         with self._lock:
-            return self._pending.pop(environment, None)
+            report = self._pending.pop(environment, None)
+            return report if report is not None else self._pending.pop(UNNAMED, None)
 
     def __len__(self) -> int:
         return len(self._pending)

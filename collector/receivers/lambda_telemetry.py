@@ -10,15 +10,15 @@ events twice.
 Execution environment. Each execution environment runs its own extension, so one receiver
 serves one environment, named by its log stream name: the `faas.instance` that instrumentation
 puts on the function's spans. Lambda gives functions, but not extensions,
-AWS_LAMBDA_LOG_STREAM_NAME; the extension passes it in `faas_instance` when it knows it, or calls
-`set_faas_instance` once it learns it from the function's spans.
+AWS_LAMBDA_LOG_STREAM_NAME; `faas_instance` names it when it is known. Otherwise init reports
+are recorded unnamed, which the coldstart processor joins to the next new environment: right
+for an extension, which serves exactly one.
 
 Init reports. `platform.initReport` (init type from the record, else from the last
 `platform.initStart`) and `platform.restoreReport` (SnapStart, init type `snap-start`) are
 recorded in the service's init report store (`collector.processors.coldstart.init_reports`),
 keyed by `faas_instance`; the coldstart processor joins them to the environment's first entry
-span. A report that arrives while `faas_instance` is unknown is held (the latest one) until
-`set_faas_instance`. Lambda buffers events for up to `buffering.timeout_ms` before delivery: the
+span. Lambda buffers events for up to `buffering.timeout_ms` before delivery: the
 default is the least Lambda allows (25 ms), so that the report is recorded before the first
 request's spans reach the coldstart processor, and the extension waits for telemetry already
 due before it flushes the pipeline ahead of a freeze.
@@ -84,6 +84,7 @@ from collector.pdata import Logs, Metrics, Traces, count_items, python_to_any_va
 from collector.processors.coldstart import (
     ON_DEMAND,
     SNAP_START,
+    UNNAMED,
     init_reports,
     normalize_init_type,
 )
@@ -181,7 +182,8 @@ class Config(ComponentConfig):
     faas.instance. Init reports are recorded under it for the coldstart processor, and it is
     faas.instance on everything this receiver makes. Default: empty, meaning
     AWS_LAMBDA_LOG_STREAM_NAME, which Lambda sets for functions but not for extensions; while
-    both are empty, init reports wait until the extension calls set_faas_instance."""
+    both are empty, init reports go to the next new environment the coldstart processor sees
+    (an extension serves one), and nothing this receiver makes carries faas.instance."""
 
     resource: dict[str, str | int | float | bool] = {}
     """Resource attributes set over the ones detected from the environment (service.name,
@@ -408,7 +410,6 @@ class LambdaTelemetryReceiver:
         )
         self._base_resource = {**environment_resource(os.environ), **config.resource}
         self._reports = init_reports(settings.telemetry)
-        self._unkeyed_init: tuple[float, str] | None = None
         self._init_type = ON_DEMAND  # from the last platform.initStart
         self._starts: OrderedDict[str, _Start] = OrderedDict()
         self._metrics = _FaasMetrics(time.time_ns())
@@ -470,15 +471,6 @@ class LambdaTelemetryReceiver:
                 "timeoutMs": buffering.timeout_ms,
             },
         }
-
-    def set_faas_instance(self, faas_instance: str) -> None:
-        """Name the execution environment (see Config.faas_instance) and record the init
-        report held while it had no name."""
-        self.faas_instance = faas_instance
-        if faas_instance and self._unkeyed_init is not None:
-            duration_ms, init_type = self._unkeyed_init
-            self._unkeyed_init = None
-            self._reports.record(faas_instance, duration_ms, init_type)
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -548,10 +540,7 @@ class LambdaTelemetryReceiver:
         self._metrics.record("faas.init_duration", duration_ms / 1e3)
         if init_type == ON_DEMAND:
             self._metrics.add("faas.coldstarts")
-        if self.faas_instance:
-            self._reports.record(self.faas_instance, duration_ms, init_type)
-        else:
-            self._unkeyed_init = (duration_ms, init_type)
+        self._reports.record(self.faas_instance or UNNAMED, duration_ms, init_type)
 
     def _on_start(self, time_ns: int, record: dict, _delivery: _Delivery) -> None:
         request_id = _string(record, "requestId")

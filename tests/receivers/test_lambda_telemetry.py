@@ -158,14 +158,13 @@ async def test_init_report_makes_the_first_entry_span_cold_in_the_coldstart_proc
     assert len(init_reports(telemetry)) == 0
 
 
-async def test_init_report_waits_for_the_environment_to_be_named(serve, http):
+async def test_unnamed_environment_report_goes_to_the_next_new_environment(serve, http):
     receiver = await serve(sinks(), faas_instance="")
     reports = init_reports(receiver.settings.telemetry)
     await post(http, receiver, events("cold_invocation"))
-    assert len(reports) == 0
-    receiver.set_faas_instance(ENVIRONMENT)
-    assert reports.take(ENVIRONMENT) == InitReport(812.5, "on-demand")
-    # Until then nothing this receiver makes claims an environment.
+    assert reports.take("2026/11/29/[$LATEST]any") == InitReport(812.5, "on-demand")
+    assert reports.take("2026/11/29/[$LATEST]other") is None
+    # Nothing this receiver makes claims an environment it cannot name.
     metrics = receiver.next[Signal.METRICS].batches[-1]
     assert get_attr(metrics.resource_metrics[0].resource.attributes, "faas.instance") is None
 
