@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test-servers run test lint bench clean
+.PHONY: install test-servers run test lint bench layer clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ test: lint test-servers
 
 bench: install
 	$(BIN)/python -m bench
+
+# dist/coldtail-layer.zip: the Lambda layer (instrumentation, exec wrapper, extension).
+layer: install
+	$(BIN)/python deploy/lambda/build_layer.py
 
 clean:
 	rm -rf $(VENV) data dist build *.egg-info

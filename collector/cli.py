@@ -1,4 +1,4 @@
-"""Command line: coldtail run | validate | components | emulate."""
+"""Command line: coldtail run | validate | components | lambda-extension | emulate."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def cmd_run(args) -> int:
         _print_errors(e.errors)
         return EXIT_INVALID
     logs = config.telemetry.logs
-    setup_logging("warning" if logs.level == "warn" else logs.level, logs.encoding)
+    setup_logging(logs.level, logs.encoding)
     for warning in config.warnings:
         log.warning(str(warning))
     try:
@@ -114,6 +114,12 @@ def cmd_components(_args) -> int:
     return 0
 
 
+def cmd_lambda_extension(_args) -> int:
+    from collector.lambda_extension import main as extension
+
+    return extension()
+
+
 def cmd_emulate(argv: list[str]) -> int:
     from collector.testing.lambda_emulator.__main__ import main as emulate
 
@@ -131,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_validate)
     comps = sub.add_parser("components", help="list component types, signals and stability")
     comps.set_defaults(func=cmd_components)
+    ext = sub.add_parser(
+        "lambda-extension",
+        help="run as an AWS Lambda extension (config from "
+        "COLDTAIL_CONFIG, default /opt/config/lambda-extension.yaml)",
+    )
+    ext.set_defaults(func=cmd_lambda_extension)
     sub.add_parser(
         "emulate",
         add_help=False,

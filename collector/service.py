@@ -179,12 +179,13 @@ class Service:
             return False
         return True
 
-    async def shutdown(self) -> None:
-        """Stop receivers first and drain down the pipeline within shutdown_timeout."""
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop receivers first and drain down the pipeline within `timeout` seconds (default
+        service.shutdown_timeout)."""
         if self.status == "stopped":
             return
         self.status = "stopping"
-        deadline = time.monotonic() + self.config.shutdown_timeout
+        deadline = time.monotonic() + (self.config.shutdown_timeout if timeout is None else timeout)
         # Components built downstream first: stopping in reverse order drains upstream first.
         for label, component in reversed(self._order):
             await self._stop_one(label, component, deadline)

@@ -193,7 +193,7 @@ def setup_logging(level: str = "info", encoding: str = "console") -> None:
     handler.setFormatter(_JsonFormatter() if encoding == "json" else _TextFormatter())
     root = logging.getLogger("coldtail")
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel("WARNING" if level == "warn" else level.upper())
     root.propagate = False
 
 

@@ -58,6 +58,7 @@ faas.instance; then the configured `resource` over them.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import json
@@ -412,6 +413,9 @@ class LambdaTelemetryReceiver:
         self._reports = init_reports(settings.telemetry)
         self._init_type = ON_DEMAND  # from the last platform.initStart
         self._starts: OrderedDict[str, _Start] = OrderedDict()
+        # Request ids whose platform.runtimeDone was delivered, for wait_runtime_done.
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._delivered = asyncio.Event()
         self._metrics = _FaasMetrics(time.time_ns())
         self._runner: web.AppRunner | None = None
         telemetry, receiver = settings.telemetry, str(settings.id)
@@ -472,6 +476,20 @@ class LambdaTelemetryReceiver:
             },
         }
 
+    async def wait_runtime_done(self, request_id: str, timeout: float) -> bool:
+        """Wait until the `platform.runtimeDone` of `request_id` has been delivered and its data
+        pushed into the pipelines; False when `timeout` (seconds) ran out first. The Lambda
+        extension waits for it before flushing: by then the function has handed over its
+        spans."""
+        try:
+            async with asyncio.timeout(timeout):
+                while request_id not in self._done:
+                    self._delivered.clear()
+                    await self._delivered.wait()
+        except TimeoutError:
+            return False
+        return True
+
     # --- delivery -----------------------------------------------------------------------------
 
     async def _deliver(self, request: web.Request) -> web.Response:
@@ -492,6 +510,7 @@ class LambdaTelemetryReceiver:
             await self._push(Signal.METRICS, self._metrics.collect(resource, time.time_ns()))
         if delivery.log_records:
             await self._push(Signal.LOGS, self._logs(resource, delivery.log_records))
+        self._delivered.set()
         return web.Response()
 
     def _handle(self, event: dict, delivery: _Delivery) -> None:
@@ -552,6 +571,10 @@ class LambdaTelemetryReceiver:
     def _on_runtime_done(self, time_ns: int, record: dict, delivery: _Delivery) -> None:
         request_id = _string(record, "requestId")
         start = self._starts.pop(request_id, None)
+        if request_id:
+            self._done[request_id] = None
+            if len(self._done) > _MAX_PENDING_STARTS:
+                self._done.popitem(last=False)
         status = _string(record, "status")
         if request_id and status in _SPAN_LOST and Signal.TRACES in self.next:
             delivery.spans.append(self._synthetic_span(request_id, status, time_ns, record, start))

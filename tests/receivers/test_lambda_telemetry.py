@@ -3,6 +3,7 @@ shaped as AWS documents them, POSTed by an aiohttp client."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -567,3 +568,12 @@ def test_every_config_field_is_documented():
     for model in (Config, Config.model_fields["buffering"].annotation):
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name} has no docstring"
+
+
+async def test_wait_runtime_done_returns_once_the_invocation_is_delivered(serve, http):
+    receiver = await serve(sinks())
+    request_id = "6d68ca91-49c9-448d-89b8-7ca3e6dc66aa"
+    assert not await receiver.wait_runtime_done(request_id, timeout=0.05)
+    waiter = asyncio.create_task(receiver.wait_runtime_done(request_id, timeout=5))
+    await post(http, receiver, events("cold_invocation"))
+    assert await waiter

@@ -1,4 +1,5 @@
-"""One Lambda execution environment: a real runtime process and the Runtime API it talks to."""
+"""One Lambda execution environment: a real runtime process, the external extensions of its
+layers, and the Runtime, Extensions and Telemetry APIs they talk to."""
 
 from __future__ import annotations
 
@@ -17,18 +18,24 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import psutil
 from aiohttp import web
 
+from collector.testing.lambda_emulator.extensions_api import ExtensionFailure, ExtensionsAPI
 from collector.testing.lambda_emulator.runtime_api import (
     Invocation,
     RuntimeAPIServer,
     RuntimeReply,
 )
+from collector.testing.lambda_emulator.telemetry_api import TelemetryAPI
 
 VERSION = "$LATEST"
 ACCOUNT_ID = "123456789012"
 EXECUTION_ENV = f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}"
 SHUTDOWN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, Lambda's cap on the Shutdown phase
+# With external extensions the runtime gets up to 300 ms of the 2 s; the extensions the rest,
+# from their SHUTDOWN event on.
+RUNTIME_SHUTDOWN_GRACE = 0.3
 BOOTSTRAP = "bootstrap.py"
 
 # Lambda's own bootstrap: the handler is read from $_HANDLER when the runtime starts, so an
@@ -66,6 +73,22 @@ RESERVED_VARIABLES = frozenset(
     }
 )
 
+# The runtime's own variables, which extensions do not get.
+RUNTIME_ONLY_VARIABLES = frozenset(
+    {
+        "_HANDLER",
+        "AWS_EXECUTION_ENV",
+        "AWS_LAMBDA_LOG_GROUP_NAME",
+        "AWS_LAMBDA_LOG_STREAM_NAME",
+        "AWS_XRAY_CONTEXT_MISSING",
+        "AWS_XRAY_DAEMON_ADDRESS",
+        "LAMBDA_RUNTIME_DIR",
+        "LAMBDA_TASK_ROOT",
+        "_AWS_XRAY_DAEMON_ADDRESS",
+        "_AWS_XRAY_DAEMON_PORT",
+    }
+)
+
 
 def install_runtime(directory: Path) -> None:
     """Write the runtime bootstrap into `directory` (the environments' LAMBDA_RUNTIME_DIR)."""
@@ -83,7 +106,12 @@ class Status(StrEnum):
     SUCCESS = "success"
     ERROR = "error"  # the function (or its init) reported an error
     TIMEOUT = "timeout"
-    CRASH = "crash"  # the runtime process exited, or could not be started
+    CRASH = "crash"  # the runtime or an extension exited, or could not be started
+
+    @property
+    def telemetry(self) -> str:
+        """The status as the Telemetry API words it."""
+        return "failure" if self is Status.CRASH else str(self)
 
 
 @dataclass(frozen=True)
@@ -114,9 +142,11 @@ class InvocationResult:
     payload: Any  # the response, parsed as JSON when it is JSON; on failure the error document
     error: FunctionError | None
     cold: bool  # this invocation ran the environment's init
-    init_duration_ms: float | None  # set when cold
-    duration_ms: float
+    init_duration_ms: float | None  # set when cold; includes the init of the extensions
+    duration_ms: float  # until the runtime's response and every extension's next event request
+    runtime_duration_ms: float  # until the runtime's response (or its timeout or crash)
     billed_duration_ms: int  # rounded up to the ms; includes the init of an on-demand cold start
+    max_memory_used_mb: int  # resident memory of the runtime and extensions at the end; 0: none
     environment_id: str
     log_stream_name: str
     trace_header: str
@@ -126,7 +156,8 @@ class InvocationResult:
 class FunctionConfig:
     """A function's configuration. Times in seconds; `env` holds the user's variables (including
     AWS_LAMBDA_EXEC_WRAPPER); `layers` are directories added to PYTHONPATH after `code_dir`,
-    as /opt/python is on Lambda."""
+    as /opt/python is on Lambda, whose `extensions/` executables are external extensions, as
+    /opt/extensions/ is on Lambda."""
 
     handler: str
     code_dir: Path
@@ -150,6 +181,17 @@ class FunctionConfig:
     @property
     def log_group_name(self) -> str:
         return f"/aws/lambda/{self.function_name}"
+
+    def external_extensions(self) -> dict[str, Path]:
+        """The executables in the layers' `extensions/` by file name, sorted; a later layer's
+        file replaces an earlier one's, as Lambda extracts layers in order into /opt."""
+        found: dict[str, Path] = {}
+        for directory in (layer / "extensions" for layer in self.layers):
+            if directory.is_dir():
+                for path in directory.iterdir():
+                    if path.is_file() and os.access(path, os.X_OK):
+                        found[path.name] = path
+        return dict(sorted(found.items()))
 
 
 class EnvironmentHooks:
@@ -231,12 +273,14 @@ def _exit_reason(returncode: int) -> str:
 
 class ExecutionEnvironment:
     """One execution environment: a runtime process (awslambdaric, started through the exec
-    wrapper when AWS_LAMBDA_EXEC_WRAPPER is set) and its Runtime API server.
+    wrapper when AWS_LAMBDA_EXEC_WRAPPER is set), the external extensions of the layers (a
+    process each), and the server of the Runtime, Extensions and Telemetry APIs.
 
-    Invocations are served one at a time (the caller keeps `busy`). Between them the runtime's
-    process group is stopped (SIGSTOP) and continued (SIGCONT), as Lambda freezes its microVM.
-    After a timeout, a crash or a failed init the environment is discarded: `alive` turns
-    False and it serves nothing more. The runtime's stdout and stderr lines go to `logs`.
+    Invocations are served one at a time (the caller keeps `busy`). Between them the process
+    groups of the runtime and the extensions are stopped (SIGSTOP) and continued (SIGCONT), as
+    Lambda freezes its microVM. After a timeout, a crash or a failed init the environment is
+    discarded: `alive` turns False and it serves nothing more. The stdout and stderr lines of
+    the runtime and the extensions go to `logs`, and to the Telemetry API's subscribers.
     """
 
     def __init__(
@@ -254,12 +298,27 @@ class ExecutionEnvironment:
         self.logs: list[str] = []
         self.init_duration_ms: float | None = None
         self.busy = False
-        self.server = RuntimeAPIServer()
         self.process: asyncio.subprocess.Process | None = None
+        self.extension_processes: dict[str, asyncio.subprocess.Process] = {}
+        self.telemetry = TelemetryAPI(caller=lambda request: self.extensions.caller(request))
+        function_info = {
+            "functionName": config.function_name,
+            "functionVersion": VERSION,
+            "handler": config.handler,
+            "accountId": ACCOUNT_ID,
+        }
+        self._extension_paths = config.external_extensions()
+        self.extensions = ExtensionsAPI(
+            function_info, self._extension_paths, self.telemetry.extension_registered
+        )
+        self.server = RuntimeAPIServer()
+        self.server.add_routes([*self.extensions.routes(), *self.telemetry.routes()])
         self._runtime_dir = runtime_dir
         self._hooks = tuple(hooks)
         self._exited: asyncio.Task[int] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._extension_exits: list[asyncio.Task[int]] = []
+        self._extension_readers: list[asyncio.Task[None]] = []
         self._discarded = False
 
     @property
@@ -271,8 +330,11 @@ class ExecutionEnvironment:
     def variables(self) -> dict[str, str]:
         """The runtime process's environment, as Lambda defines it; valid once init started."""
         config = self.config
+        # The interpreter's directory first, as /var/lang/bin is on Lambda: `python3` in the
+        # #! line of an extension is the runtime's Python.
+        path = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
         return {
-            "PATH": os.environ.get("PATH", os.defpath),
+            "PATH": path.rstrip(os.pathsep),
             "LANG": "en_US.UTF-8",
             "PYTHONPATH": os.pathsep.join(map(str, (config.code_dir, *config.layers))),
             **config.env,
@@ -292,6 +354,12 @@ class ExecutionEnvironment:
             "TZ": ":UTC",
         }
 
+    @property
+    def extension_variables(self) -> dict[str, str]:
+        """The environment of the external extensions: the runtime's, without its own."""
+        variables = self.variables
+        return {k: v for k, v in variables.items() if k not in RUNTIME_ONLY_VARIABLES}
+
     def _command(self) -> list[str]:
         # -P keeps the runtime dir off sys.path: the function imports from its code and layers.
         command = [sys.executable, "-P", str(self._runtime_dir / BOOTSTRAP)]
@@ -310,31 +378,58 @@ class ExecutionEnvironment:
         return None
 
     async def invoke(self, invocation: Invocation) -> InvocationResult:
-        """Run one invocation, starting the runtime first when this is the environment's first
-        one (cold start). Never raises for what the function does; see `InvocationResult`."""
+        """Run one invocation, starting the extensions and the runtime first when this is the
+        environment's first one (cold start). It ends once the runtime replied and every
+        extension asked for its next event. Never raises for what the function or the
+        extensions do; see `InvocationResult`."""
         cold = self.process is None
         if cold:
             failure = await self._init(invocation.request_id)
             if failure:
                 return self._result(
-                    invocation, failure.status, failure.payload, failure.error, 0.0, cold=True
+                    invocation, failure.status, failure.payload, failure.error, 0.0, 0.0, cold=True
                 )
         else:
-            self._signal(signal.SIGCONT)
+            self._thaw()
         for hook in self._hooks:
             await hook.on_invoke_start(self, invocation)
-        started = time.monotonic()
-        invocation.deadline_ms = int(time.time() * 1000 + self.config.timeout * 1000)
+        started, started_epoch = time.monotonic(), time.time()
+        invocation.deadline_ms = int(started_epoch * 1000 + self.config.timeout * 1000)
+        self.telemetry.invoke_start(invocation, VERSION)
+        self.extensions.invoke(invocation)
         self.server.dispatch(invocation)
         done = await self._first(invocation.reply, timeout=self.config.timeout)
-        duration_ms = (time.monotonic() - started) * 1000
+        runtime_ms = (time.monotonic() - started) * 1000
         if invocation.reply in done:
-            payload, error = _reported(invocation.reply.result())
+            reply = invocation.reply.result()
+            payload, error = _reported(reply)
             status = Status.SUCCESS if error is None else Status.ERROR
+            self.telemetry.runtime_done(
+                invocation,
+                status.telemetry,
+                error and error.type,
+                started=started_epoch,
+                duration_ms=runtime_ms,
+                response_started=reply.arrived,
+                produced_bytes=len(reply.body) if error is None else None,
+            )
+            failure = await self._extensions_done(invocation.request_id, started)
         else:
             failure = self._ended_early(invocation.request_id, self.config.timeout)
+            self.telemetry.runtime_done(
+                invocation,
+                failure.status.telemetry,
+                failure.error.type,
+                started=started_epoch,
+                duration_ms=runtime_ms,
+            )
+        if failure:
             status, payload, error = failure.status, failure.payload, failure.error
-        result = self._result(invocation, status, payload, error, duration_ms, cold=cold)
+        duration_ms = (time.monotonic() - started) * 1000
+        result = self._result(
+            invocation, status, payload, error, duration_ms, runtime_ms, cold=cold
+        )
+        self._report(invocation, result)
         for hook in self._hooks:
             await hook.on_invoke_end(self, result)
         if status in (Status.TIMEOUT, Status.CRASH):
@@ -345,18 +440,67 @@ class ExecutionEnvironment:
 
     async def shutdown(self) -> None:
         """Shutdown phase: SIGTERM to the runtime's process group, SIGKILL to what is still
-        running after 2 s. Idempotent."""
+        running after 2 s; with external extensions the runtime gets 300 ms, then they get the
+        SHUTDOWN event and the rest of the 2 s. Idempotent."""
         await self._discard("spindown", grace=SHUTDOWN_GRACE)
 
     async def _init(self, request_id: str | None) -> _Failure | None:
-        """Start the runtime and wait until it asks for its first invocation (or fails)."""
+        """Start the extensions, then the runtime once they registered, and wait until the
+        runtime and every extension asked for their next event (or something failed)."""
         for hook in self._hooks:
             self.server.add_routes(hook.routes(self))
         await self.server.start()
         for hook in self._hooks:
             await hook.on_init_start(self)
         started = time.monotonic()
-        failure = None
+        deadline = started + self.config.init_timeout
+        self.telemetry.init_start(str(self.init_type), self.config.function_name, VERSION)
+        failure = await self._start_extensions(request_id, deadline)
+        if failure is None:
+            failure = await self._start_runtime(request_id, deadline)
+        self.init_duration_ms = (time.monotonic() - started) * 1000
+        self.extensions.end_init()
+        self.telemetry.end_init()
+        status, error = (failure.status, failure.error) if failure else (Status.SUCCESS, None)
+        self.telemetry.init_done(
+            str(self.init_type), status.telemetry, error and error.type, self.init_duration_ms
+        )
+        for hook in self._hooks:
+            await hook.on_init_end(self, error)
+        if failure:
+            await self._discard("failure")
+        return failure
+
+    async def _start_extensions(self, request_id: str | None, deadline: float) -> _Failure | None:
+        """Start the external extensions and wait until each registered."""
+        for name, path in self._extension_paths.items():
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    path,
+                    cwd=self.config.code_dir,
+                    env=self.extension_variables,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                message = f"{_request_prefix(request_id)}Error: extension {name}: {e}"
+                return _platform_failure(Status.CRASH, "Extension.LaunchError", message)
+            self.extension_processes[name] = process
+            self._extension_exits.append(asyncio.create_task(self._watch(name, process)))
+            reader = asyncio.create_task(self._read_logs(process.stdout, "extension"))
+            self._extension_readers.append(reader)
+        if not self.extension_processes:
+            return None
+        registered = self.extensions.all_external_registered
+        done = await self._first(registered, timeout=deadline - time.monotonic())
+        if registered in done:
+            return None
+        return self._ended_early(request_id, self.config.init_timeout, phase="Init")
+
+    async def _start_runtime(self, request_id: str | None, deadline: float) -> _Failure | None:
+        """Start the runtime and wait until it and every extension asked for their next
+        event."""
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self._command(),
@@ -368,32 +512,48 @@ class ExecutionEnvironment:
             )
         except OSError as e:
             prefix = _request_prefix(request_id)
-            failure = _platform_failure(
+            return _platform_failure(
                 Status.CRASH, "Runtime.InvalidEntrypoint", f"{prefix}Error: {e}"
             )
-        else:
-            self._exited = asyncio.create_task(self.process.wait())
-            self._reader = asyncio.create_task(self._read_logs(self.process.stdout))
-            init_error = self.server.init_error
-            done = await self._first(
-                self.server.ready, init_error, timeout=self.config.init_timeout
-            )
-            if init_error in done:
-                failure = _Failure(Status.ERROR, *_reported(init_error.result()))
-            elif self.server.ready not in done:
-                failure = self._ended_early(request_id, self.config.init_timeout, phase="Init")
-        self.init_duration_ms = (time.monotonic() - started) * 1000
-        for hook in self._hooks:
-            await hook.on_init_end(self, failure.error if failure else None)
-        if failure:
-            await self._discard("failure")
-        return failure
+        self._exited = asyncio.create_task(self.process.wait())
+        self._reader = asyncio.create_task(self._read_logs(self.process.stdout, "function"))
+        ready = asyncio.ensure_future(self._ready())
+        init_error = self.server.init_error
+        done = await self._first(ready, init_error, timeout=deadline - time.monotonic())
+        ready.cancel()
+        if init_error in done:
+            return _Failure(Status.ERROR, *_reported(init_error.result()))
+        if ready in done:
+            return None
+        return self._ended_early(request_id, self.config.init_timeout, phase="Init")
+
+    async def _ready(self) -> None:
+        await self.server.ready
+        await self.extensions.idle()
+
+    async def _extensions_done(self, request_id: str, started: float) -> _Failure | None:
+        """After the runtime's reply: wait until every extension asked for its next event,
+        within the function's timeout, which bounds the whole Invoke phase."""
+        idle = asyncio.ensure_future(self.extensions.idle())
+        remaining = started + self.config.timeout - time.monotonic()
+        done, _ = await asyncio.wait(
+            {idle, self.extensions.failure},
+            timeout=max(remaining, 0.0),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        idle.cancel()
+        if idle in done:
+            return None
+        prefix = _request_prefix(request_id)
+        if self.extensions.failure.done():
+            return self._extension_failure(prefix)
+        return self._timed_out(prefix, self.config.timeout, "Task")
 
     async def _settle(self, started: float) -> None:
         """After a reply: freeze once the runtime asks for its next invocation; discard the
         environment when it exits instead, or does not ask before the deadline."""
         remaining = started + self.config.timeout - time.monotonic()
-        done = await self._first(self.server.ready, timeout=max(remaining, 0.0))
+        done = await self._first(self.server.ready, timeout=remaining)
         if self.server.ready in done:
             await self._freeze()
         else:
@@ -402,7 +562,12 @@ class ExecutionEnvironment:
     async def _freeze(self) -> None:
         for hook in self._hooks:
             await hook.on_freeze(self)
-        self._signal(signal.SIGSTOP)
+        self.telemetry.freeze()
+        self._signal(signal.SIGSTOP, self._processes())
+
+    def _thaw(self) -> None:
+        self._signal(signal.SIGCONT, self._processes())
+        self.telemetry.thaw()
 
     async def _discard(self, reason: str, grace: float = 0.0) -> None:
         if self._discarded:
@@ -410,39 +575,78 @@ class ExecutionEnvironment:
         self._discarded = True
         for hook in self._hooks:
             await hook.on_shutdown(self, reason)
-        if self._exited is not None:
-            if grace and not self._exited.done():
-                self._signal(signal.SIGTERM)
-                self._signal(signal.SIGCONT)  # a stopped process acts on SIGTERM once continued
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._exited), grace)
-            # The whole group, so that a child the runtime started does not outlive it.
-            self._signal(signal.SIGKILL)
-            await self._exited
-        if self._reader is not None:
-            await self._reader
+        started = time.monotonic()
+        if self.extension_processes:
+            grace = min(grace, RUNTIME_SHUTDOWN_GRACE)
+        await self._stop_runtime(grace)
+        await self._stop_extensions(reason, deadline=started + SHUTDOWN_GRACE)
+        await self.telemetry.close()
         await self.server.stop()
+
+    async def _stop_runtime(self, grace: float) -> None:
+        """SIGTERM, and SIGKILL after `grace` seconds (at once when 0)."""
+        if self._exited is None:
+            return
+        runtime = self._processes()[:1]
+        if grace and not self._exited.done():
+            self._signal(signal.SIGTERM, runtime)
+            # A stopped process acts on SIGTERM once continued.
+            self._signal(signal.SIGCONT, runtime)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exited), grace)
+        # The whole group, so that a child the runtime started does not outlive it.
+        self._signal(signal.SIGKILL, runtime)
+        await self._exited
+        assert self._reader is not None
+        await self._reader
+
+    async def _stop_extensions(self, reason: str, deadline: float) -> None:
+        """The extensions' part of shutdown: they get what telemetry is buffered, then the
+        SHUTDOWN event; those still running at `deadline` are killed."""
+        if not self.extension_processes:
+            return
+        extensions = list(self.extension_processes.values())
+        self._signal(signal.SIGCONT, extensions)
+        self.telemetry.thaw()
+        await self.telemetry.flush(timeout=deadline - time.monotonic())
+        deadline_ms = int((time.time() + deadline - time.monotonic()) * 1000)
+        self.extensions.shutdown(reason, deadline_ms)
+        await asyncio.wait(self._extension_exits, timeout=max(deadline - time.monotonic(), 0.0))
+        self._signal(signal.SIGKILL, extensions)
+        await asyncio.gather(*self._extension_exits, *self._extension_readers)
 
     # --- helpers ----------------------------------------------------------------------------
 
     async def _first(self, *futures: asyncio.Future, timeout: float) -> set[asyncio.Future]:
-        """Wait until one of `futures` is done, the runtime exits, or `timeout` seconds pass;
-        returns what is done."""
-        assert self._exited is not None
+        """Wait until one of `futures` is done, the runtime exits, an extension fails, or
+        `timeout` seconds pass; returns what is done."""
+        watched = {*futures, self.extensions.failure}
+        if self._exited is not None:
+            watched.add(self._exited)
         done, _ = await asyncio.wait(
-            {*futures, self._exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            watched, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
         )
         return done
 
     def _ended_early(self, request_id: str | None, limit: float, phase: str = "Task") -> _Failure:
-        """The failure of a phase that ended without a reply: the runtime exited, or `limit`
-        seconds passed."""
+        """The failure of a phase that ended without a reply: an extension failed, the runtime
+        exited, or `limit` seconds passed."""
         prefix = _request_prefix(request_id)
-        assert self._exited is not None
-        if self._exited.done():
+        if self.extensions.failure.done():
+            return self._extension_failure(prefix)
+        if self._exited is not None and self._exited.done():
             reason = _exit_reason(self._exited.result())
             message = f"{prefix}Error: Runtime exited with error: {reason}"
             return _platform_failure(Status.CRASH, "Runtime.ExitError", message)
+        return self._timed_out(prefix, limit, phase)
+
+    def _extension_failure(self, prefix: str) -> _Failure:
+        failure: ExtensionFailure = self.extensions.failure.result()
+        status = Status.CRASH if failure.exited else Status.ERROR
+        return _platform_failure(status, failure.error_type, f"{prefix}Error: {failure.message}")
+
+    @staticmethod
+    def _timed_out(prefix: str, limit: float, phase: str) -> _Failure:
         message = f"{prefix}Error: {phase} timed out after {limit:.2f} seconds"
         return _platform_failure(Status.TIMEOUT, "Sandbox.Timedout", message)
 
@@ -453,6 +657,7 @@ class ExecutionEnvironment:
         payload: Any,
         error: FunctionError | None,
         duration_ms: float,
+        runtime_duration_ms: float,
         *,
         cold: bool,
     ) -> InvocationResult:
@@ -467,23 +672,68 @@ class ExecutionEnvironment:
             cold=cold,
             init_duration_ms=init_ms,
             duration_ms=duration_ms,
+            runtime_duration_ms=runtime_duration_ms,
             billed_duration_ms=billed,
+            max_memory_used_mb=self._memory_used_mb(),
             environment_id=self.id,
             log_stream_name=self.log_stream_name,
             trace_header=invocation.trace_header,
         )
 
-    def _signal(self, signum: int) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signum)
+    def _report(self, invocation: Invocation, result: InvocationResult) -> None:
+        metrics: dict[str, Any] = {
+            "durationMs": result.duration_ms,
+            "billedDurationMs": result.billed_duration_ms,
+            "memorySizeMB": self.config.memory_mb,
+            "maxMemoryUsedMB": result.max_memory_used_mb,
+        }
+        if result.init_duration_ms is not None:
+            metrics["initDurationMs"] = result.init_duration_ms
+        error_type = result.error.type if result.error else None
+        self.telemetry.report(invocation, result.status.telemetry, error_type, metrics)
 
-    async def _read_logs(self, stream: asyncio.StreamReader | None) -> None:
+    def _memory_used_mb(self) -> int:
+        """Resident memory of the environment's live processes, in MB rounded up. Memory use
+        of a Python process rarely shrinks, so it stands for the invocation's peak."""
+        rss = 0
+        for process in self._processes():
+            if process.returncode is None:
+                with contextlib.suppress(psutil.Error):
+                    rss += psutil.Process(process.pid).memory_info().rss
+        return math.ceil(rss / 2**20)
+
+    def _processes(self) -> list[asyncio.subprocess.Process]:
+        """The runtime (first, once started) and the external extensions."""
+        runtime = [self.process] if self.process is not None else []
+        return [*runtime, *self.extension_processes.values()]
+
+    @staticmethod
+    def _signal(signum: int, processes: Iterable[asyncio.subprocess.Process]) -> None:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+
+    async def _watch(self, name: str, process: asyncio.subprocess.Process) -> int:
+        """Wait for an extension's exit, a failure unless the environment is shutting down."""
+        returncode = await process.wait()
+        if not self._discarded:
+            message = f"Extension {name} exited with error: {_exit_reason(returncode)}"
+            failure = ExtensionFailure(name, "Extension.Crash", message, exited=True)
+            self.extensions.fail(failure)
+        return returncode
+
+    async def _read_logs(self, stream: asyncio.StreamReader | None, category: str) -> None:
+        """Lines to `logs` and to telemetry as `category` (function or extension)."""
         assert stream is not None
         pending = b""
         while chunk := await stream.read(65536):
             *lines, pending = (pending + chunk).split(b"\n")
-            self.logs.extend(line.decode(errors="replace") for line in lines)
+            for line in lines:
+                self._log(category, line)
         if pending:
-            self.logs.append(pending.decode(errors="replace"))
+            self._log(category, pending)
+
+    def _log(self, category: str, line: bytes) -> None:
+        text = line.decode(errors="replace")
+        self.logs.append(text)
+        self.telemetry.log(category, text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ class RuntimeReply:
 
     body: bytes
     error_type: str | None = None  # Lambda-Runtime-Function-Error-Type, or our own for 413
+    arrived: float | None = None  # epoch seconds the runtime began posting it
 
 
 @dataclass
@@ -146,6 +148,7 @@ class RuntimeAPIServer:
         return current
 
     async def _post_response(self, request: web.Request) -> web.Response:
+        arrived = time.time()
         invocation = self._in_flight(request)
         if invocation is None:
             return _refusal(400, "InvalidRequestID", "Invalid request ID")
@@ -158,19 +161,20 @@ class RuntimeAPIServer:
             )
             error = {"errorMessage": message, "errorType": "Function.ResponseSizeTooLarge"}
             invocation.reply.set_result(
-                RuntimeReply(json.dumps(error).encode(), error["errorType"])
+                RuntimeReply(json.dumps(error).encode(), error["errorType"], arrived)
             )
             return _refusal(413, "RequestEntityTooLarge", message)
-        invocation.reply.set_result(RuntimeReply(body))
+        invocation.reply.set_result(RuntimeReply(body, arrived=arrived))
         return web.json_response(_ACCEPTED, status=202)
 
     async def _post_error(self, request: web.Request) -> web.Response:
+        arrived = time.time()
         invocation = self._in_flight(request)
         if invocation is None:
             return _refusal(400, "InvalidRequestID", "Invalid request ID")
         self._current = None
         error_type = request.headers.get(_ERROR_TYPE_HEADER, "Unhandled")
-        invocation.reply.set_result(RuntimeReply(await request.read(), error_type))
+        invocation.reply.set_result(RuntimeReply(await request.read(), error_type, arrived))
         return web.json_response(_ACCEPTED, status=202)
 
     async def _post_init_error(self, request: web.Request) -> web.Response:
