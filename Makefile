@@ -32,6 +32,7 @@ test: lint test-servers
 	$(BIN)/pytest -q
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 # dist/coldtail-layer.zip: the Lambda layer (instrumentation, exec wrapper, extension).

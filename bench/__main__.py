@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, printing figures. Not part of the test run."""
 
-from bench import sketch, throughput
+from bench import lambda_overhead, sketch, throughput
 
 sketch.main([])
 throughput.main()
+lambda_overhead.main([])
