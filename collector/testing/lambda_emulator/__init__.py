@@ -1,7 +1,9 @@
 """A faithful local AWS Lambda for tests: the Runtime API (2018-06-01) served per execution
 environment, real runtime processes (awslambdaric, through AWS_LAMBDA_EXEC_WRAPPER when set),
 Lambda's environment variables, cold and warm starts, freezing between invocations, timeouts,
-crashes, init errors, concurrent and provisioned environments, and shutdown.
+crashes, init errors, concurrent and provisioned environments, and shutdown. External
+extensions (the executables in a layer's `extensions/`) run beside the runtime and talk to the
+Extensions API (2020-01-01) and the Telemetry API (2022-07-01) on the same address.
 
     async with LambdaEmulator("app.handler", code_dir, timeout=3) as fn:
         result = await fn.invoke({"key": "value"})
@@ -22,15 +24,18 @@ from collector.testing.lambda_emulator.environment import (
     InvocationResult,
     Status,
 )
+from collector.testing.lambda_emulator.extensions_api import ExtensionsAPI
 from collector.testing.lambda_emulator.runtime_api import (
     Invocation,
     RuntimeAPIServer,
     RuntimeReply,
 )
+from collector.testing.lambda_emulator.telemetry_api import TelemetryAPI
 
 __all__ = [
     "EnvironmentHooks",
     "ExecutionEnvironment",
+    "ExtensionsAPI",
     "FunctionConfig",
     "FunctionError",
     "InitType",
@@ -40,5 +45,6 @@ __all__ = [
     "RuntimeAPIServer",
     "RuntimeReply",
     "Status",
+    "TelemetryAPI",
     "trace_header",
 ]

@@ -64,7 +64,12 @@ def main(
     parser.add_argument("--invocations", type=int, default=1, help="how many (default 1)")
     parser.add_argument("--env", type=_variable, action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
-        "--layer", action="append", default=[], metavar="DIR", help="added to PYTHONPATH"
+        "--layer",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a layer: added to PYTHONPATH; the executables in its extensions/ are started as "
+        "external extensions",
     )
     return asyncio.run(_run(parser.parse_args(argv)))
 

@@ -33,9 +33,10 @@ VERSION = "$LATEST"
 ACCOUNT_ID = "123456789012"
 EXECUTION_ENV = f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}"
 SHUTDOWN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, Lambda's cap on the Shutdown phase
-# With external extensions the runtime gets up to 300 ms of the 2 s; the extensions the rest,
-# from their SHUTDOWN event on.
+# With external extensions the runtime gets up to 300 ms of the 2 s (500 ms when an internal
+# extension registered); the extensions the rest, from their SHUTDOWN event on.
 RUNTIME_SHUTDOWN_GRACE = 0.3
+RUNTIME_SHUTDOWN_GRACE_INTERNAL = 0.5
 BOOTSTRAP = "bootstrap.py"
 
 # Lambda's own bootstrap: the handler is read from $_HANDLER when the runtime starts, so an
@@ -195,9 +196,8 @@ class FunctionConfig:
 
 
 class EnvironmentHooks:
-    """Extension point around an environment's lifecycle, for the Extensions and Telemetry
-    APIs: override what you need. Each coroutine is awaited at that point and delays it, as
-    extensions delay Lambda's phases."""
+    """Extension point around an environment's lifecycle: override what you need. Each
+    coroutine is awaited at that point and delays it, as extensions delay Lambda's phases."""
 
     def routes(self, environment: ExecutionEnvironment) -> Iterable[web.AbstractRouteDef]:
         """Routes served on the environment's AWS_LAMBDA_RUNTIME_API address."""
@@ -209,7 +209,8 @@ class EnvironmentHooks:
     async def on_init_end(
         self, environment: ExecutionEnvironment, error: FunctionError | None
     ) -> None:
-        """Init is over: the runtime asked for its first invocation, or init failed."""
+        """Init is over: the runtime and every extension asked for their first event, or init
+        failed."""
 
     async def on_invoke_start(
         self, environment: ExecutionEnvironment, invocation: Invocation
@@ -222,7 +223,8 @@ class EnvironmentHooks:
         """The invocation's outcome is known (response, error, timeout or crash)."""
 
     async def on_freeze(self, environment: ExecutionEnvironment) -> None:
-        """The runtime asked for its next invocation; the environment is frozen next."""
+        """The runtime and every extension asked for their next event; the environment is
+        frozen next."""
 
     async def on_shutdown(self, environment: ExecutionEnvironment, reason: str) -> None:
         """The environment goes away; `reason` as the Extensions API's SHUTDOWN event gives it:
@@ -440,8 +442,9 @@ class ExecutionEnvironment:
 
     async def shutdown(self) -> None:
         """Shutdown phase: SIGTERM to the runtime's process group, SIGKILL to what is still
-        running after 2 s; with external extensions the runtime gets 300 ms, then they get the
-        SHUTDOWN event and the rest of the 2 s. Idempotent."""
+        running after 2 s. With external extensions the runtime gets 300 ms (500 ms when an
+        internal extension registered), then the extensions get the SHUTDOWN event and the rest
+        of the 2 s. Idempotent."""
         await self._discard("spindown", grace=SHUTDOWN_GRACE)
 
     async def _init(self, request_id: str | None) -> _Failure | None:
@@ -577,7 +580,9 @@ class ExecutionEnvironment:
             await hook.on_shutdown(self, reason)
         started = time.monotonic()
         if self.extension_processes:
-            grace = min(grace, RUNTIME_SHUTDOWN_GRACE)
+            internal = any(not e.external for e in self.extensions.extensions.values())
+            share = RUNTIME_SHUTDOWN_GRACE_INTERNAL if internal else RUNTIME_SHUTDOWN_GRACE
+            grace = min(grace, share)
         await self._stop_runtime(grace)
         await self._stop_extensions(reason, deadline=started + SHUTDOWN_GRACE)
         await self.telemetry.close()

@@ -157,9 +157,12 @@ class ExtensionsAPI:
         if not name:
             return _refusal(400, "InvalidRequest", f"missing header {NAME_HEADER}")
         try:
-            events = (await request.json() or {}).get("events") or []
-        except (ValueError, AttributeError):
+            body = json.loads(await request.text() or "{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
             return _refusal(400, "InvalidRequest", "body must be a JSON object")
+        events = body.get("events") or []
         unknown = sorted(set(map(str, events)) - EVENT_TYPES)
         if unknown:
             return _refusal(400, "InvalidEventType", f"unknown events: {unknown}")
