@@ -40,12 +40,13 @@ request is not a user-facing cold start: `coldtail.cold_start` is false. The spa
 attribute wins over a report or init span, which win over the resource.
 
 `coldtail.init_duration_ms` and `coldtail.init_type` are copied onto an entry span, when it lacks
-them, from a joined report or from an init span of its trace in the same batch: a span named
-`init`, or a span with no parent, of kind other than SERVER or CONSUMER, carrying
-`coldtail.init_type`. Init spans are never judged as requests.
+them, from an init span of its trace in the same batch: a span named `init`, or a span with no
+parent, of kind other than SERVER or CONSUMER, carrying `coldtail.init_type`. Init spans are never
+judged as requests. A joined report's values replace the span's own: Lambda measures the whole
+init phase, extensions included, which instrumentation inside the function cannot see.
 
-A span that already carries `coldtail.cold_start.source` was judged by an upstream coldtail and is
-left as it is.
+A span that already carries `coldtail.cold_start.source` was judged upstream (by instrumentation
+or another coldtail) and keeps its judgement; only a joined report's init values are applied.
 """
 
 from __future__ import annotations
@@ -483,6 +484,8 @@ class ColdStartProcessor(Processor):
                 if position != 0:
                     report = None  # too late: this environment's cold span is already gone
         if SOURCE in found:
+            if report is not None:
+                _set_init(span, found, report, replace=True)
             return None
 
         cold, source = _instrumented(found), INSTRUMENTATION
@@ -510,12 +513,17 @@ class ColdStartProcessor(Processor):
             with_faas = resource.platform == _LAMBDA and FAAS_COLDSTART not in found
             span.MergeFromString(_tags(cold, source, kv is None, with_faas))
         if init is not None:
-            attrs = span.attributes
-            if init.init_type is not None and INIT_TYPE not in found:
-                _value(attrs, found, INIT_TYPE).string_value = init.init_type
-            if INIT_DURATION_MS not in found:
-                _value(attrs, found, INIT_DURATION_MS).double_value = init.init_duration_ms
+            _set_init(span, found, init, replace=init is report)
         return source if cold else None
+
+
+def _set_init(span: Span, found: dict, init: InitReport, replace: bool) -> None:
+    """Copy the init's type and duration onto `span`, over its own values when `replace`."""
+    attrs = span.attributes
+    if init.init_type is not None and (replace or INIT_TYPE not in found):
+        _value(attrs, found, INIT_TYPE).string_value = init.init_type
+    if replace or INIT_DURATION_MS not in found:
+        _value(attrs, found, INIT_DURATION_MS).double_value = init.init_duration_ms
 
 
 factory = Factory(

@@ -262,6 +262,23 @@ def test_report_trusted_over_late_start_rule_and_below_instrumentation():
     )
 
 
+def test_report_init_values_replace_those_of_a_span_judged_by_instrumentation():
+    processor = new()
+    init_reports(processor.settings.telemetry).record("env-a", 812.5, "on-demand")
+    # What the function's instrumentation sends: its own judgement and its view of init.
+    instrumented = {
+        "faas.coldstart": True,
+        "coldtail.cold_start": True,
+        "coldtail.cold_start.source": "instrumentation",
+        "coldtail.init_duration_ms": 95.0,
+    }
+    (got,) = judge(processor, lambda_resource("env-a"), attributes=instrumented)
+    assert got["coldtail.cold_start.source"] == "instrumentation"
+    assert got["coldtail.cold_start"] is True
+    assert got["coldtail.init_duration_ms"] == 812.5
+    assert got["coldtail.init_type"] == "on-demand"
+
+
 def test_report_after_the_first_span_is_discarded():
     processor = new()
     reports = init_reports(processor.settings.telemetry)
