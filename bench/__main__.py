@@ -1,7 +1,8 @@
 """`make bench`: every benchmark, printing figures. Not part of the test run."""
 
-from bench import lambda_overhead, sketch, throughput
+from bench import lambda_extension, lambda_overhead, sketch, throughput
 
 sketch.main([])
 throughput.main()
 lambda_overhead.main([])
+lambda_extension.main([])

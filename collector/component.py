@@ -14,6 +14,7 @@ Every component type registers one factory. A factory is plain data plus a `crea
 from __future__ import annotations
 
 import enum
+import importlib
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -128,30 +129,49 @@ class Factory:
 
 
 class Registry:
-    """Factories by kind and type name (aliases included)."""
+    """Factories by kind and type name (aliases included). A type may be registered lazily, by
+    the module that defines its `factory`, imported on first use: a collector then imports only
+    the components its config names (the Lambda extension's init time is the function's)."""
 
     def __init__(self) -> None:
-        self._factories: dict[Kind, dict[str, Factory]] = {k: {} for k in Kind}
+        self._factories: dict[Kind, dict[str, Factory | str]] = {k: {} for k in Kind}
 
     def register(self, factory: Factory) -> Factory:
         table = self._factories[factory.kind]
         for name in (factory.type, *factory.aliases):
-            if name in table:
+            if isinstance(table.get(name), Factory):
                 raise ValueError(f"duplicate {factory.kind} type {name!r}")
             table[name] = factory
         return factory
 
+    def register_lazy(self, kind: Kind, names: tuple[str, ...], module: str) -> None:
+        """`names` (type and aliases) of `kind` are defined by `module`.factory."""
+        table = self._factories[kind]
+        for name in names:
+            if name in table:
+                raise ValueError(f"duplicate {kind} type {name!r}")
+            table[name] = module
+
     def get(self, kind: Kind, type_: str) -> Factory | None:
-        return self._factories[kind].get(type_)
+        entry = self._factories[kind].get(type_)
+        if isinstance(entry, str):
+            factory = importlib.import_module(entry).factory
+            if factory.kind is not kind or type_ not in (factory.type, *factory.aliases):
+                raise ValueError(f"{entry}.factory is not the {kind} type {type_!r}")
+            self.register(factory)
+            return factory
+        return entry
 
     def types(self, kind: Kind) -> list[str]:
         """Canonical type names and aliases, sorted."""
         return sorted(self._factories[kind])
 
     def factories(self, kind: Kind | None = None) -> list[Factory]:
+        """Every factory (importing all lazily registered modules)."""
         kinds = [kind] if kind else list(Kind)
         seen: dict[int, Factory] = {}
         for k in kinds:
-            for f in self._factories[k].values():
+            for name in list(self._factories[k]):
+                f = self.get(k, name)
                 seen.setdefault(id(f), f)
         return sorted(seen.values(), key=lambda f: (list(Kind).index(f.kind), f.type))

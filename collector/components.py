@@ -1,38 +1,38 @@
-"""The registry of every built-in component type."""
+"""The registry of every built-in component type, by kind, type names (type first, then aliases)
+and the module defining its factory; modules are imported on first use."""
 
 from __future__ import annotations
 
 import functools
-import importlib
 
-from collector.component import Registry
+from collector.component import Kind, Registry
 
-_MODULES = [
-    "collector.receivers.otlp",
-    "collector.receivers.lambda_telemetry",
-    "collector.processors.batch",
-    "collector.processors.memory_limiter",
-    "collector.processors.attributes",
-    "collector.processors.resource",
-    "collector.processors.filter",
-    "collector.processors.coldstart",
-    "collector.processors.tail_latency",
-    "collector.processors.tail_sampling",
-    "collector.connectors.forward",
-    "collector.connectors.span_metrics",
-    "collector.exporters.debug",
-    "collector.exporters.file",
-    "collector.exporters.otlp",
-    "collector.exporters.otlphttp",
-    "collector.exporters.prometheus",
-    "collector.exporters.prometheusremotewrite",
-    "collector.extensions.health_check",
+_COMPONENTS = [
+    (Kind.RECEIVER, ("otlp",), "collector.receivers.otlp"),
+    (Kind.RECEIVER, ("lambda_telemetry",), "collector.receivers.lambda_telemetry"),
+    (Kind.PROCESSOR, ("batch",), "collector.processors.batch"),
+    (Kind.PROCESSOR, ("memory_limiter",), "collector.processors.memory_limiter"),
+    (Kind.PROCESSOR, ("attributes",), "collector.processors.attributes"),
+    (Kind.PROCESSOR, ("resource",), "collector.processors.resource"),
+    (Kind.PROCESSOR, ("filter",), "collector.processors.filter"),
+    (Kind.PROCESSOR, ("coldstart",), "collector.processors.coldstart"),
+    (Kind.PROCESSOR, ("tail_latency",), "collector.processors.tail_latency"),
+    (Kind.PROCESSOR, ("tail_sampling",), "collector.processors.tail_sampling"),
+    (Kind.CONNECTOR, ("forward",), "collector.connectors.forward"),
+    (Kind.CONNECTOR, ("span_metrics", "spanmetrics"), "collector.connectors.span_metrics"),
+    (Kind.EXPORTER, ("debug",), "collector.exporters.debug"),
+    (Kind.EXPORTER, ("file",), "collector.exporters.file"),
+    (Kind.EXPORTER, ("otlp", "otlp_grpc"), "collector.exporters.otlp"),
+    (Kind.EXPORTER, ("otlphttp", "otlp_http"), "collector.exporters.otlphttp"),
+    (Kind.EXPORTER, ("prometheus",), "collector.exporters.prometheus"),
+    (Kind.EXPORTER, ("prometheusremotewrite",), "collector.exporters.prometheusremotewrite"),
+    (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),
 ]
 
 
 @functools.cache
 def registry() -> Registry:
     reg = Registry()
-    for name in _MODULES:
-        reg.register(importlib.import_module(name).factory)
+    for kind, names, module in _COMPONENTS:
+        reg.register_lazy(kind, names, module)
     return reg

@@ -83,4 +83,8 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 class ComponentConfig(BaseModel):
     """Base of every component's config: unknown keys are errors; field docstrings are docs."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=False)
+    # defer_build: a model's validator is built when first used, so a collector pays start-up
+    # time only for the components its config names.
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, frozen=False, defer_build=True
+    )

@@ -22,15 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
+# The collector's modules are imported after registering (see `register`).
+if TYPE_CHECKING:
+    import aiohttp
 
-from collector.config import ConfigError, ServiceConfig, validate
-from collector.confmap import ConfmapError, load
-from collector.receivers.lambda_telemetry import LambdaTelemetryReceiver
-from collector.service import Service
+    from collector.config import ServiceConfig
 
 EXTENSION_NAME = "coldtail"
 LAYER_CONFIG = "/opt/config/lambda-extension.yaml"  # the launcher sets COLDTAIL_CONFIG
@@ -46,6 +47,8 @@ def config_path() -> str:
 
 def load_config(path: str) -> ServiceConfig:
     from collector.components import registry
+    from collector.config import validate
+    from collector.confmap import load
 
     return validate(load([path]), registry())
 
@@ -53,20 +56,10 @@ def load_config(path: str) -> ServiceConfig:
 class ExtensionsClient:
     """The Extensions and Telemetry APIs at AWS_LAMBDA_RUNTIME_API."""
 
-    def __init__(self, runtime_api: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, runtime_api: str, extension_id: str, session: aiohttp.ClientSession) -> None:
         self._base = f"http://{runtime_api}"
         self._session = session
-        self.id = ""
-
-    async def register(self, events: list[str]) -> dict:
-        async with self._session.post(
-            f"{self._base}/2020-01-01/extension/register",
-            headers={"Lambda-Extension-Name": EXTENSION_NAME},
-            json={"events": events},
-        ) as response:
-            body = await self._json(response, "register")
-            self.id = response.headers["Lambda-Extension-Identifier"]
-            return body
+        self.id = extension_id
 
     async def subscribe_telemetry(self, subscription: dict) -> None:
         async with self._session.put(
@@ -101,13 +94,41 @@ class ExtensionsClient:
         return await response.json(content_type=None) or {}
 
 
-async def run(config: ServiceConfig, runtime_api: str) -> int:
+def register(runtime_api: str) -> str:
+    """Register for INVOKE and SHUTDOWN; returns the extension identifier. Lambda starts the
+    runtime's init once every extension has registered, so this runs first, before the
+    collector's imports, letting the function's init overlap the collector's start."""
+    import http.client
+    import json
+
+    connection = http.client.HTTPConnection(runtime_api, timeout=10)
+    try:
+        connection.request(
+            "POST",
+            "/2020-01-01/extension/register",
+            json.dumps({"events": ["INVOKE", "SHUTDOWN"]}),
+            {"Lambda-Extension-Name": EXTENSION_NAME, "Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"register: HTTP {response.status}: {body[:200]!r}")
+        return response.getheader("Lambda-Extension-Identifier", "")
+    finally:
+        connection.close()
+
+
+async def run(config: ServiceConfig, runtime_api: str, extension_id: str) -> int:
+    import aiohttp
+
+    from collector.receivers.lambda_telemetry import LambdaTelemetryReceiver
+    from collector.service import Service
+
     service = Service(config)
     telemetry = [r for r in service.receivers.values() if isinstance(r, LambdaTelemetryReceiver)]
     # No client timeout: event/next blocks for as long as the environment is idle or frozen.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-        client = ExtensionsClient(runtime_api, session)
-        await client.register(["INVOKE", "SHUTDOWN"])
+        client = ExtensionsClient(runtime_api, extension_id, session)
         try:
             await service.start()
             for receiver in telemetry:
@@ -135,12 +156,14 @@ async def run(config: ServiceConfig, runtime_api: str) -> int:
 
 
 def main() -> int:
-    from collector.telemetry import setup_logging
-
     runtime_api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
     if not runtime_api:
         print("coldtail lambda-extension: AWS_LAMBDA_RUNTIME_API is not set: not in Lambda")
         return 2
+    extension_id = register(runtime_api)
+    from collector.config import ConfigError
+    from collector.confmap import ConfmapError
+
     path = config_path()
     if not Path(path).exists():
         print(f"coldtail lambda-extension: config {path} not found (set COLDTAIL_CONFIG)")
@@ -150,5 +173,11 @@ def main() -> int:
     except (ConfmapError, ConfigError) as e:
         print(f"coldtail lambda-extension: invalid configuration {path}:\n{e}")
         return 2
+    from collector.telemetry import setup_logging
+
     setup_logging(config.telemetry.logs.level, config.telemetry.logs.encoding)
-    return asyncio.run(run(config, runtime_api))
+    return asyncio.run(run(config, runtime_api, extension_id))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

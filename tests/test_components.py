@@ -143,3 +143,14 @@ def test_every_config_field_is_documented():
 
     for factory in registry().factories():
         check(factory.config, f"{factory.kind.section}::{factory.type}::")
+
+
+def test_lazy_registry_names_match_the_factories_their_modules_define():
+    reg = registry()
+    for kind in Kind:
+        names = reg.types(kind)
+        factories = reg.factories(kind)
+        assert sorted(n for f in factories for n in (f.type, *f.aliases)) == names
+        for factory in factories:
+            for name in (factory.type, *factory.aliases):
+                assert reg.get(kind, name) is factory

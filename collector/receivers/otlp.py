@@ -14,9 +14,8 @@ import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import grpc
 from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
@@ -31,6 +30,9 @@ from collector.component import Factory, Host, Kind, Settings, Signal, Stability
 from collector.config_types import ComponentConfig, ListenEndpoint, split_endpoint
 from collector.consumer import Consumer, PermanentError, RetryableError
 from collector.pdata import REQUEST_TYPES, RESPONSE_TYPES, count_items
+
+if TYPE_CHECKING:
+    import grpc
 
 _MIB = 1024 * 1024
 _DEFAULT_MAX_REQUEST_BODY_SIZE = 20 * _MIB
@@ -340,6 +342,10 @@ class OtlpReceiver:
     # --- gRPC ---------------------------------------------------------------------------------
 
     async def _start_grpc(self, config: GrpcConfig) -> str:
+        # Imported only when gRPC is enabled: it costs ~80 ms of start-up, which a Lambda
+        # extension's init (HTTP only) would otherwise pay on every cold start.
+        import grpc
+
         # Without this, grpc binds with SO_REUSEPORT and a second collector on the same port
         # would silently take half the traffic instead of failing to start.
         options = [("grpc.so_reuseport", 0)]
@@ -366,6 +372,8 @@ class OtlpReceiver:
         return _with_port(config.endpoint, port)
 
     async def _grpc_export(self, signal: Signal, data: bytes, context: grpc.aio.ServicerContext):
+        import grpc  # already loaded by _start_grpc
+
         try:
             batch = REQUEST_TYPES[signal].FromString(data)
         except DecodeError as e:
