@@ -107,6 +107,23 @@ def count_items(batch) -> int:
     return _COUNTERS[signal_of(batch)](batch)
 
 
+# Field names below the resource level of each signal's batch: (scopes, items).
+LEVELS = {
+    Signal.TRACES: ("scope_spans", "spans"),
+    Signal.METRICS: ("scope_metrics", "metrics"),
+    Signal.LOGS: ("scope_logs", "log_records"),
+}
+
+
+def iter_items(batch) -> Iterator[tuple[Any, Any, Any]]:
+    """(resource, scope, item) for every span, metric or log record of a batch."""
+    scopes_field, items_field = LEVELS[signal_of(batch)]
+    for res in resources(batch):
+        for scope in getattr(res, scopes_field):
+            for item in getattr(scope, items_field):
+                yield res.resource, scope.scope, item
+
+
 def iter_spans(batch: Traces) -> Iterator[tuple[Any, Any, Span]]:
     """(resource_spans, scope_spans, span) for every span."""
     for rs in batch.resource_spans:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collector.component import Factory, Kind, Settings, Signal, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import Consumer
-from collector.pdata import metric_points
+from collector.pdata import iter_items, metric_points
 from collector.processors.attraction import Actions, AttributeActions
 from collector.processors.base import Processor
-from collector.processors.matching import MatchProperties, iter_items, selector
+from collector.processors.matching import MatchProperties, selector
 
 
 class Config(ComponentConfig):

@@ -23,10 +23,9 @@ from pydantic import Field, model_validator
 from collector.component import Factory, Kind, Settings, Signal, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import Consumer
-from collector.pdata import count_items, resources
+from collector.pdata import LEVELS, count_items, resources
 from collector.processors.base import Processor
 from collector.processors.matching import (
-    LEVELS,
     LogMatchProperties,
     MatchProperties,
     MetricMatchProperties,

@@ -15,7 +15,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -25,26 +25,10 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from collector.component import Signal
 from collector.config_types import ComponentConfig
-from collector.pdata import any_value_to_python, find_attr, resources, signal_of
+from collector.pdata import any_value_to_python, find_attr
 
 # (resource, scope, item) -> matches. The item is a span, a metric or a log record.
 Predicate = Callable[[Any, Any, Any], bool]
-
-# Field names below the resource level of each signal's batch: (scopes, items).
-LEVELS = {
-    Signal.TRACES: ("scope_spans", "spans"),
-    Signal.METRICS: ("scope_metrics", "metrics"),
-    Signal.LOGS: ("scope_logs", "log_records"),
-}
-
-
-def iter_items(batch) -> Iterator[tuple[Any, Any, Any]]:
-    """(resource, scope, item) for every span, metric or log record of a batch."""
-    scopes_field, items_field = LEVELS[signal_of(batch)]
-    for res in resources(batch):
-        for scope in getattr(res, scopes_field):
-            for item in getattr(scope, items_field):
-                yield res.resource, scope.scope, item
 
 
 def value_text(value: AnyValue) -> str:

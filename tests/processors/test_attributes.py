@@ -5,10 +5,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import ValidationError
 
 from collector.component import Signal
-from collector.pdata import get_attr, iter_spans, metric_points, set_attr
+from collector.pdata import get_attr, iter_items, iter_spans, metric_points, set_attr
 from collector.processors.attraction import AttributeActions
 from collector.processors.attributes import Config, factory
-from collector.processors.matching import iter_items
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from tests.processors import config_cases, make_processor, processor_metric
 

@@ -6,9 +6,8 @@ from pydantic import ValidationError
 
 from collector.component import Signal
 from collector.consumer import RetryableError
-from collector.pdata import count_items, get_attr, metric_points, resources, signal_of
+from collector.pdata import count_items, get_attr, iter_items, metric_points, resources, signal_of
 from collector.processors.batch import Config, factory, split_batch
-from collector.processors.matching import iter_items
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from collector.testing.sinks import ErrorConsumer
 from tests.processors import config_cases, make_processor, processor_metric

@@ -3,9 +3,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import ValidationError
 
 from collector.component import Signal
-from collector.pdata import count_items, get_attr, iter_spans, resources
+from collector.pdata import count_items, get_attr, iter_items, iter_spans, resources
 from collector.processors.filter import Config, factory
-from collector.processors.matching import iter_items
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from tests.processors import config_cases, make_processor, processor_metric
 
