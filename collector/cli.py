@@ -42,27 +42,25 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args) -> ServiceConfig:
-    raw = load(args.config or [default_config_path()], args.set)
-    return validate(raw, registry())
-
-
-def _print_errors(errors) -> None:
+def _load(args) -> ServiceConfig | None:
+    """The validated config, or None after printing every error to stderr."""
+    try:
+        return validate(load(args.config or [default_config_path()], args.set), registry())
+    except ConfmapError as e:
+        errors = [e]
+    except ConfigError as e:
+        errors = e.errors
     print(
         f"invalid configuration ({len(errors)} error{'s' * (len(errors) != 1)}):", file=sys.stderr
     )
     for error in errors:
         print(f"  {error}", file=sys.stderr)
+    return None
 
 
 def cmd_validate(args) -> int:
-    try:
-        config = _load(args)
-    except ConfmapError as e:
-        _print_errors([e])
-        return EXIT_INVALID
-    except ConfigError as e:
-        _print_errors(e.errors)
+    config = _load(args)
+    if config is None:
         return EXIT_INVALID
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -73,13 +71,8 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from collector.service import Service  # keeps `validate` and `components` light
 
-    try:
-        config = _load(args)
-    except ConfmapError as e:
-        _print_errors([e])
-        return EXIT_INVALID
-    except ConfigError as e:
-        _print_errors(e.errors)
+    config = _load(args)
+    if config is None:
         return EXIT_INVALID
     logs = config.telemetry.logs
     setup_logging(logs.level, logs.encoding)
