@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-import yaml
-
 from collector.component import Factory, Kind, Signal
 from collector.testing.components import make_settings
 from collector.testing.sinks import SinkConsumer
-
-TESTDATA = Path(__file__).parent / "testdata"
-
-
-def config_cases(name: str) -> tuple[list, list]:
-    """(valid, invalid) pytest params from testdata/<name>.yaml: `valid` maps a case name to a
-    config; `invalid` lists {name, config, error} where error is a fragment of the message."""
-    data = yaml.safe_load((TESTDATA / f"{name}.yaml").read_text())
-    valid = [pytest.param(config or {}, id=case) for case, config in data["valid"].items()]
-    invalid = [
-        pytest.param(case["config"] or {}, case["error"], id=case["name"])
-        for case in data["invalid"]
-    ]
-    return valid, invalid
 
 
 def make_processor(factory: Factory, config: dict, signal: Signal = Signal.TRACES, **kwargs):

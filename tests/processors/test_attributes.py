@@ -2,28 +2,13 @@ import hashlib
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from pydantic import ValidationError
 
 from collector.component import Signal
 from collector.pdata import get_attr, iter_items, iter_spans, metric_points, set_attr
 from collector.processors.attraction import AttributeActions
 from collector.processors.attributes import Config, factory
 from collector.testing.builders import make_logs, make_metrics, make_traces
-from tests.processors import config_cases, make_processor, processor_metric
-
-VALID, INVALID = config_cases("attributes")
-
-
-@pytest.mark.parametrize("config", VALID)
-def test_valid_config(config):
-    Config.model_validate(config)
-
-
-@pytest.mark.parametrize(("config", "error"), INVALID)
-def test_invalid_config(config, error):
-    with pytest.raises(ValidationError) as excinfo:
-        Config.model_validate(config)
-    assert error in str(excinfo.value)
+from tests.processors import make_processor, processor_metric
 
 
 def run(actions: list[dict], attrs: dict) -> dict:

@@ -2,7 +2,6 @@ import asyncio
 import logging
 
 import pytest
-from pydantic import ValidationError
 
 from collector.component import Signal
 from collector.consumer import RetryableError
@@ -10,21 +9,7 @@ from collector.pdata import count_items, get_attr, iter_items, metric_points, re
 from collector.processors.batch import Config, factory, split_batch
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from collector.testing.sinks import ErrorConsumer
-from tests.processors import config_cases, make_processor, processor_metric
-
-VALID, INVALID = config_cases("batch")
-
-
-@pytest.mark.parametrize("config", VALID)
-def test_valid_config(config):
-    Config.model_validate(config)
-
-
-@pytest.mark.parametrize(("config", "error"), INVALID)
-def test_invalid_config(config, error):
-    with pytest.raises(ValidationError) as excinfo:
-        Config.model_validate(config)
-    assert error in str(excinfo.value)
+from tests.processors import make_processor, processor_metric
 
 
 def test_defaults_are_the_collectors():

@@ -5,7 +5,6 @@ from datetime import UTC, datetime
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from pydantic import ValidationError
 
 from collector.component import Kind, Signal
 from collector.pdata import Traces, any_value_to_python, set_attr
@@ -20,9 +19,7 @@ from collector.telemetry import Telemetry
 from collector.testing.builders import make_traces
 from collector.testing.components import make_settings
 from collector.testing.sinks import SinkConsumer
-from tests.processors import config_cases, make_processor
-
-VALID, INVALID = config_cases("coldstart")
+from tests.processors import make_processor
 
 TAGS = (
     "coldtail.cold_start",
@@ -31,18 +28,6 @@ TAGS = (
     "coldtail.init_type",
     "coldtail.init_duration_ms",
 )
-
-
-@pytest.mark.parametrize("config", VALID)
-def test_valid_config(config):
-    Config.model_validate(config)
-
-
-@pytest.mark.parametrize(("config", "error"), INVALID)
-def test_invalid_config(config, error):
-    with pytest.raises(ValidationError) as excinfo:
-        Config.model_validate(config)
-    assert error in str(excinfo.value)
 
 
 def test_config_defaults():

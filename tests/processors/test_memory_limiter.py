@@ -2,27 +2,12 @@ import logging
 
 import psutil
 import pytest
-from pydantic import ValidationError
 
 from collector.component import Signal
 from collector.consumer import RetryableError
 from collector.processors.memory_limiter import MIB, Config, factory, total_memory
 from collector.testing.builders import make_logs, make_traces
-from tests.processors import config_cases, make_processor, processor_metric
-
-VALID, INVALID = config_cases("memory_limiter")
-
-
-@pytest.mark.parametrize("config", VALID)
-def test_valid_config(config):
-    Config.model_validate(config)
-
-
-@pytest.mark.parametrize(("config", "error"), INVALID)
-def test_invalid_config(config, error):
-    with pytest.raises(ValidationError) as excinfo:
-        Config.model_validate(config)
-    assert error in str(excinfo.value)
+from tests.processors import make_processor, processor_metric
 
 
 @pytest.mark.parametrize(

@@ -1,27 +1,12 @@
 import pytest
-from pydantic import ValidationError
 
 from collector.component import Signal
 from collector.pdata import get_attr, resources
-from collector.processors.resource import Config, factory
+from collector.processors.resource import factory
 from collector.testing.builders import make_logs, make_metrics, make_traces
-from tests.processors import config_cases, make_processor, processor_metric
-
-VALID, INVALID = config_cases("resource")
+from tests.processors import make_processor, processor_metric
 
 BUILDERS = {Signal.TRACES: make_traces, Signal.METRICS: make_metrics, Signal.LOGS: make_logs}
-
-
-@pytest.mark.parametrize("config", VALID)
-def test_valid_config(config):
-    Config.model_validate(config)
-
-
-@pytest.mark.parametrize(("config", "error"), INVALID)
-def test_invalid_config(config, error):
-    with pytest.raises(ValidationError) as excinfo:
-        Config.model_validate(config)
-    assert error in str(excinfo.value)
 
 
 @pytest.mark.parametrize("signal", list(Signal))

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import yaml
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
-from pydantic import ValidationError
 
 from collector.component import Kind, Signal
 from collector.consumer import RetryableError
@@ -18,24 +17,11 @@ from collector.telemetry import Telemetry
 from collector.testing.builders import make_traces
 from collector.testing.components import make_settings
 from collector.testing.sinks import ErrorConsumer, SinkConsumer
-from tests.processors import config_cases, make_processor, processor_metric
+from tests.processors import make_processor, processor_metric
 
-VALID, INVALID = config_cases("tail_sampling")
 SIDECAR = Path(__file__).parents[2] / "config" / "sidecar.yaml"
 BASE_NS = 1_700_000_000 * 10**9
 KEEP_ERRORS = {"name": "errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}}
-
-
-@pytest.mark.parametrize("config", VALID)
-def test_valid_config(config):
-    Config.model_validate(config)
-
-
-@pytest.mark.parametrize(("config", "error"), INVALID)
-def test_invalid_config(config, error):
-    with pytest.raises(ValidationError) as excinfo:
-        Config.model_validate(config)
-    assert error in str(excinfo.value)
 
 
 def test_defaults():
