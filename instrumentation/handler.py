@@ -153,23 +153,13 @@ def _init_start_ns() -> int:
     """The process's start in Lambda, where the runtime process is the init; else the import
     of this module."""
     if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+        from instrumentation.resource import process_start_ns
+
         try:
             return min(process_start_ns(), _IMPORT_START_NS)
         except (OSError, ValueError, IndexError):
             pass
     return _IMPORT_START_NS
-
-
-def process_start_ns() -> int:
-    """This process's start time (Unix ns) from /proc; precise to a clock tick (~10 ms)."""
-    with open("/proc/self/stat", "rb") as f:
-        stat = f.read()
-    # The command name (field 2) may hold spaces and parentheses: count from its closing one.
-    start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-    with open("/proc/uptime", "rb") as f:
-        uptime_s = float(f.read().split()[0])
-    age_s = uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")
-    return time.time_ns() - int(age_s * 1e9)
 
 
 def _sdk_disabled() -> bool:

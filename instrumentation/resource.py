@@ -1,8 +1,10 @@
-"""The resource of a Lambda function's spans, from the runtime's environment variables."""
+"""The resource of a Lambda function's spans, from the runtime's environment variables; and this
+process's start time, which the container instrumentation uses too."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 
 from instrumentation import __version__
@@ -62,6 +64,18 @@ def _percent_decode(text: str) -> str:
     from urllib.parse import unquote
 
     return unquote(text)
+
+
+def process_start_ns() -> int:
+    """This process's start time (Unix ns) from /proc; precise to a clock tick (~10 ms)."""
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    # The command name (field 2) may hold spaces and parentheses: count from its closing one.
+    start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+    with open("/proc/uptime", "rb") as f:
+        uptime_s = float(f.read().split()[0])
+    age_s = uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")
+    return time.time_ns() - int(age_s * 1e9)
 
 
 def _memory_bytes(mib: str | None) -> int | None:

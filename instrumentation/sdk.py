@@ -8,7 +8,8 @@ span is the current OTel span (a NonRecordingSpan with its ids), so library span
 Instrumentors are found by name in the `opentelemetry_instrumentor` entry-point group (where the
 opentelemetry-instrumentation-* packages register theirs, e.g. `botocore`), and only the names
 asked for are loaded; OTEL_PYTHON_DISABLED_INSTRUMENTATIONS wins over the enabled list. A name
-with no installed package logs a warning.
+with no installed package logs a warning. `instrumentation_names` and `instrument` serve the
+container instrumentation (instrumentation.container) too.
 """
 
 from __future__ import annotations
@@ -35,6 +36,28 @@ def instrumentation_names(environ: Mapping[str, str] = os.environ) -> list[str]:
     return [n for n in names("OTEL_PYTHON_ENABLED_INSTRUMENTATIONS") if n not in disabled]
 
 
+def instrument(names: list[str], provider) -> None:
+    """Load the instrumentors named `names` and instrument with `provider`; a missing or failing
+    one logs a warning and the others still load."""
+    from importlib.metadata import entry_points
+
+    for name in names:
+        try:
+            found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+            if not found:
+                log.warning(
+                    "coldtail: no instrumentation named %r is installed "
+                    "(pip install opentelemetry-instrumentation-%s)",
+                    name,
+                    name,
+                )
+                continue
+            for entry_point in found:
+                entry_point.load()().instrument(tracer_provider=provider)
+        except Exception:
+            log.warning("coldtail: instrumentation %r failed to load", name, exc_info=True)
+
+
 class SdkBridge:
     """Thread-safe: SDK spans may end on any thread."""
 
@@ -58,23 +81,7 @@ class SdkBridge:
         trace.set_tracer_provider(self.provider)
 
     def instrument(self, names: list[str]) -> None:
-        from importlib.metadata import entry_points
-
-        for name in names:
-            try:
-                found = entry_points(group=ENTRY_POINT_GROUP, name=name)
-                if not found:
-                    log.warning(
-                        "coldtail: no instrumentation named %r is installed "
-                        "(pip install opentelemetry-instrumentation-%s)",
-                        name,
-                        name,
-                    )
-                    continue
-                for entry_point in found:
-                    entry_point.load()().instrument(tracer_provider=self.provider)
-            except Exception:
-                log.warning("coldtail: instrumentation %r failed to load", name, exc_info=True)
+        instrument(names, self.provider)
 
     def attach(self, span: Span):
         """Make `span` the current OTel span; returns the token for `detach`."""

@@ -60,7 +60,7 @@ def build(out: Path) -> Path:
         shutil.copytree(
             ROOT / "instrumentation",
             layer / "python" / "instrumentation",
-            ignore=shutil.ignore_patterns("__pycache__", "bin", "ecs.py"),
+            ignore=shutil.ignore_patterns("__pycache__", "bin", "ecs.py", "container"),
         )
         shutil.copy2(ROOT / "instrumentation" / "bin" / "coldtail-instrument", layer)
         (layer / "extensions").mkdir()

@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from instrumentation import handler as handler_module
+from instrumentation.resource import process_start_ns
 from tests.instrumentation.conftest import (
     FUNCTION_ARN,
     FUNCTION_NAME,
@@ -398,7 +399,7 @@ def test_init_span_starts_at_process_start_in_lambda(lambda_env, collector, monk
     [init] = collector.named("init")
     # This test process started before the test; the init span reaches back to it.
     assert init.start_time_unix_nano <= handler_module._IMPORT_START_NS
-    assert abs(init.start_time_unix_nano - handler_module.process_start_ns()) < 100_000_000
+    assert abs(init.start_time_unix_nano - process_start_ns()) < 100_000_000
 
 
 def test_failed_user_import_is_reported_and_reraised(lambda_env, collector):
