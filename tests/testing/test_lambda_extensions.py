@@ -125,7 +125,8 @@ async def test_the_extension_registers_and_gets_invoke_and_shutdown_events(funct
     invoked_at = records("event")[1]["at"]
     assert 0 < events[1]["deadlineMs"] - invoked_at * 1000 <= 3000
     assert events[2]["shutdownReason"] == "spindown"
-    assert 0 < events[2]["deadlineMs"] - shutdown_started * 1000 <= 2000
+    # 2 s from the emulator's start of shutdown, a moment after this test noted the time.
+    assert 1900 < events[2]["deadlineMs"] - shutdown_started * 1000 <= 2100
 
 
 async def test_telemetry_reports_init_and_every_invocation(function, records):
