@@ -48,6 +48,9 @@ def build(out: Path) -> Path:
                 "install",
                 "--quiet",
                 "--no-compile",
+                # The target is a fresh tree: what this venv holds is no concern of the layer.
+                "--ignore-installed",
+                "--no-warn-conflicts",
                 "--target",
                 str(collector),
                 str(ROOT),
