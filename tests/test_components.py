@@ -10,7 +10,6 @@ from aiohttp import web
 from collector.component import Factory, Kind, Signal
 from collector.components import registry
 from collector.pdata import count_items
-from collector.testing.backend import Backend
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from collector.testing.components import StaticHost, make_settings
 from collector.testing.sinks import SinkConsumer
@@ -32,12 +31,6 @@ def sample_config(factory: Factory, **fill: str):
 
 def all_factories():
     return [pytest.param(f, id=f"{f.kind.value}-{f.type}") for f in registry().factories()]
-
-
-@pytest.fixture
-async def backend():
-    async with Backend() as b:
-        yield b
 
 
 @pytest.fixture

@@ -14,45 +14,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from pydantic import ValidationError
 
 from collector import otlpjson
-from collector.component import Kind, Signal
+from collector.component import Signal
 from collector.consumer import PermanentError, RetryableError
 from collector.exporters import otlp
 from collector.pdata import ITEM_NAMES, Traces, get_attr
-from collector.telemetry import Telemetry
 from collector.testing.backend import Backend, self_signed_cert
-from collector.testing.builders import make_logs, make_metrics, make_traces
-from collector.testing.components import StaticHost, make_settings
-
-FAST_RETRY = {"initial_interval": "10ms", "max_interval": "20ms", "randomization_factor": 0}
-NO_QUEUE = {"enabled": False}
-BATCHES = {Signal.TRACES: make_traces, Signal.METRICS: make_metrics, Signal.LOGS: make_logs}
+from collector.testing.builders import make_traces
+from tests.exporters import BATCHES, FAST_RETRY, NO_QUEUE, Harness
+from tests.exporters import started as start_harness
 
 
-@pytest.fixture
-async def backend():
-    async with Backend() as b:
-        yield b
-
-
-class Harness:
-    """An otlp exporter for one signal, with the telemetry it counts into."""
-
-    def __init__(self, config: dict, signal: Signal = Signal.TRACES) -> None:
-        config = {"retry_on_failure": FAST_RETRY, **config}
-        self.telemetry = Telemetry()
-        settings = make_settings(Kind.EXPORTER, "otlp", telemetry=self.telemetry)
-        self.exporter = otlp.OTLPExporter(settings, otlp.Config.model_validate(config), signal)
-
-    def count(self, name: str, items: str = "spans") -> float:
-        value = self.telemetry.registry.get_sample_value(
-            f"otelcol_exporter_{name}_{items}_total", {"exporter": "otlp"}
-        )
-        return value or 0.0
-
-    def queue_size(self) -> float:
-        return self.telemetry.registry.get_sample_value(
-            "otelcol_exporter_queue_size", {"exporter": "otlp", "data_type": "traces"}
-        )
+def harness(config: dict, signal: Signal = Signal.TRACES) -> Harness:
+    return Harness(otlp.factory, config, signal)
 
 
 def serialized(batches: list) -> list[bytes]:
@@ -60,9 +33,7 @@ def serialized(batches: list) -> list[bytes]:
 
 
 async def started(config: dict, signal: Signal = Signal.TRACES) -> Harness:
-    h = Harness(config, signal)
-    await h.exporter.start(StaticHost())
-    return h
+    return await start_harness(otlp.factory, config, signal)
 
 
 def insecure(backend: Backend, **config) -> dict:

@@ -10,50 +10,22 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from pydantic import ValidationError
 
-from collector.component import Kind, Signal
+from collector.component import Signal
 from collector.consumer import RetryableError
 from collector.exporters import otlphttp
 from collector.exporters.http_client import parse_retry_after
-from collector.pdata import ITEM_NAMES
-from collector.telemetry import Telemetry
 from collector.testing.backend import Backend, self_signed_cert
-from collector.testing.builders import make_logs, make_metrics, make_traces
-from collector.testing.components import StaticHost, make_settings
-
-FAST_RETRY = {"initial_interval": "10ms", "max_interval": "20ms", "randomization_factor": 0}
-NO_QUEUE = {"enabled": False}
-BATCHES = {Signal.TRACES: make_traces, Signal.METRICS: make_metrics, Signal.LOGS: make_logs}
+from collector.testing.builders import make_traces
+from tests.exporters import BATCHES, FAST_RETRY, NO_QUEUE, Harness
+from tests.exporters import started as start_harness
 
 
-@pytest.fixture
-async def backend():
-    async with Backend() as b:
-        yield b
-
-
-class Harness:
-    """An otlphttp exporter for one signal, with the telemetry it counts into."""
-
-    def __init__(self, config: dict, signal: Signal = Signal.TRACES) -> None:
-        config = {"retry_on_failure": FAST_RETRY, **config}
-        self.telemetry = Telemetry()
-        self.signal = signal
-        settings = make_settings(Kind.EXPORTER, "otlphttp", telemetry=self.telemetry)
-        self.exporter = otlphttp.OTLPHTTPExporter(
-            settings, otlphttp.Config.model_validate(config), signal
-        )
-
-    def count(self, name: str) -> float:
-        value = self.telemetry.registry.get_sample_value(
-            f"otelcol_exporter_{name}_{ITEM_NAMES[self.signal]}_total", {"exporter": "otlphttp"}
-        )
-        return value or 0.0
+def harness(config: dict, signal: Signal = Signal.TRACES) -> Harness:
+    return Harness(otlphttp.factory, config, signal)
 
 
 async def started(config: dict, signal: Signal = Signal.TRACES) -> Harness:
-    h = Harness(config, signal)
-    await h.exporter.start(StaticHost())
-    return h
+    return await start_harness(otlphttp.factory, config, signal)
 
 
 def test_config_and_urls():
@@ -68,7 +40,7 @@ def test_config_and_urls():
     only_traces = otlphttp.Config.model_validate({"traces_endpoint": "http://t:1/x"})
     assert only_traces.url(Signal.LOGS) == ""
     with pytest.raises(ValueError, match="set endpoint or logs_endpoint"):
-        Harness({"traces_endpoint": "http://t:1/x"}, Signal.LOGS)
+        harness({"traces_endpoint": "http://t:1/x"}, Signal.LOGS)
     with pytest.raises(ValidationError, match="set endpoint"):
         otlphttp.Config.model_validate({})
     with pytest.raises(ValidationError, match="expected http"):
