@@ -115,6 +115,20 @@ LEVELS = {
 }
 
 
+def build_batch(signal: Signal, resource: dict[str, Any], scope_name: str, items) -> Any:
+    """A batch of `signal` holding `items` (spans, metrics or log records) under one resource
+    (attribute map) and one scope."""
+    batch = new_batch(signal)
+    res = resources(batch).add()
+    for key, value in resource.items():
+        set_attr(res.resource.attributes, key, value)
+    scopes_field, items_field = LEVELS[signal]
+    scope = getattr(res, scopes_field).add()
+    scope.scope.name = scope_name
+    getattr(scope, items_field).extend(items)
+    return batch
+
+
 def iter_items(batch) -> Iterator[tuple[Any, Any, Any]]:
     """(resource, scope, item) for every span, metric or log record of a batch."""
     scopes_field, items_field = LEVELS[signal_of(batch)]

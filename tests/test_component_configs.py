@@ -1,6 +1,7 @@
 """Every component's config model against its YAML testdata: `tests/<kind>s/testdata/<type>.yaml`
-holds `valid` (case name -> config as users write it) and `invalid` (a list of {name, config,
-error}, error being a fragment of the message users get)."""
+(or `<type>_config.yaml`) holds `valid` (case name -> config as users write it) and `invalid`
+(a list of {name, config, error}, or a map of name -> {config, error}; error is a fragment of
+the message users get)."""
 
 from pathlib import Path
 
@@ -18,13 +19,16 @@ def cases():
     valid, invalid = [], []
     for kind in Kind:
         for path in sorted((TESTS / kind.section / "testdata").glob("*.yaml")):
-            factory = registry().get(kind, path.stem)
+            factory = registry().get(kind, path.stem.removesuffix("_config"))
             data = yaml.safe_load(path.read_text())
-            if factory is None or not isinstance(data.get("invalid"), list):
+            if factory is None or not isinstance(data, dict) or "invalid" not in data:
                 continue
             for name, config in data["valid"].items():
                 valid.append(pytest.param(factory, config, id=f"{factory.type}-{name}"))
-            for case in data["invalid"]:
+            invalid_cases = data["invalid"]
+            if isinstance(invalid_cases, dict):
+                invalid_cases = [{"name": n, **c} for n, c in invalid_cases.items()]
+            for case in invalid_cases:
                 invalid.append(
                     pytest.param(
                         factory, case["config"], case["error"], id=f"{factory.type}-{case['name']}"
@@ -51,4 +55,12 @@ def test_invalid_config_says_what_is_wrong(factory, config, error):
 
 def test_testdata_covers_the_tagging_and_sampling_components():
     covered = {p.values[0].type for p in VALID} & {p.values[0].type for p in INVALID}
-    assert {"coldstart", "tail_latency", "tail_sampling", "span_metrics", "batch"} <= covered
+    assert {
+        "coldstart",
+        "tail_latency",
+        "tail_sampling",
+        "span_metrics",
+        "batch",
+        "otlp",
+        "lambda_telemetry",
+    } <= covered

@@ -81,7 +81,13 @@ from pydantic import Field, field_validator
 from collector.component import Factory, Host, Kind, Settings, Signal, Stability
 from collector.config_types import ComponentConfig, ListenEndpoint, split_endpoint
 from collector.consumer import Consumer
-from collector.pdata import Logs, Metrics, Traces, count_items, python_to_any_value, set_attr
+from collector.pdata import (
+    Metrics,
+    build_batch,
+    count_items,
+    python_to_any_value,
+    set_attr,
+)
 from collector.processors.coldstart import (
     ON_DEMAND,
     SNAP_START,
@@ -505,11 +511,15 @@ class LambdaTelemetryReceiver:
                 self._handle(event, delivery)
         resource = self._resource()
         if delivery.spans and Signal.TRACES in self.next:
-            await self._push(Signal.TRACES, self._traces(resource, delivery.spans))
+            await self._push(
+                Signal.TRACES, build_batch(Signal.TRACES, resource, SCOPE_NAME, delivery.spans)
+            )
         if self._metrics.changed and Signal.METRICS in self.next:
             await self._push(Signal.METRICS, self._metrics.collect(resource, time.time_ns()))
         if delivery.log_records:
-            await self._push(Signal.LOGS, self._logs(resource, delivery.log_records))
+            await self._push(
+                Signal.LOGS, build_batch(Signal.LOGS, resource, SCOPE_NAME, delivery.log_records)
+            )
         self._delivered.set()
         return web.Response()
 
@@ -632,28 +642,6 @@ class LambdaTelemetryReceiver:
         if error_type:
             set_attr(span.attributes, "error.type", error_type)
         return span
-
-    @staticmethod
-    def _traces(resource: dict[str, Any], spans: list[Span]) -> Traces:
-        batch = Traces()
-        rs = batch.resource_spans.add()
-        for key, value in resource.items():
-            set_attr(rs.resource.attributes, key, value)
-        ss = rs.scope_spans.add()
-        ss.scope.name = SCOPE_NAME
-        ss.spans.extend(spans)
-        return batch
-
-    @staticmethod
-    def _logs(resource: dict[str, Any], records: list[LogRecord]) -> Logs:
-        batch = Logs()
-        rl = batch.resource_logs.add()
-        for key, value in resource.items():
-            set_attr(rl.resource.attributes, key, value)
-        sl = rl.scope_logs.add()
-        sl.scope.name = SCOPE_NAME
-        sl.log_records.extend(records)
-        return batch
 
 
 def _log_record(event_type: str, time_ns: int, record: object) -> LogRecord:
