@@ -314,6 +314,9 @@ async def test_extensions_and_telemetry_apis_refuse_what_lambda_refuses(apis):
             {**valid, "buffering": {"maxItems": 20_000}},
             {**valid, "destination": {"protocol": "TCP", "URI": "http://127.0.0.1:9999"}},
             {**valid, "destination": {"protocol": "HTTP", "URI": "http://sandbox.localdomain"}},
+            # Lambda delivers inside the execution environment only.
+            {**valid, "destination": {"protocol": "HTTP", "URI": "http://127.0.0.1:9999"}},
+            {**valid, "destination": {"protocol": "HTTP", "URI": "http://localhost:9999"}},
         ]
         for body in invalid:
             assert await status("PUT", subscribe, identifier, body) == 400, body

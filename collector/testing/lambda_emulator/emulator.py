@@ -20,6 +20,7 @@ from collector.testing.lambda_emulator.environment import (
     InitType,
     InvocationResult,
     install_runtime,
+    python_runtime,
 )
 from collector.testing.lambda_emulator.runtime_api import Invocation
 
@@ -41,7 +42,10 @@ class LambdaEmulator:
     initialised by `start`, before any invocation. Environments that time out, crash or fail
     init are discarded; the next invocation starts a new one. `log_streams` maps every
     environment's log stream name to its log lines, discarded environments included.
-    `exec_wrapper` sets AWS_LAMBDA_EXEC_WRAPPER; `hooks` apply to every environment.
+    `exec_wrapper` sets AWS_LAMBDA_EXEC_WRAPPER; `hooks` apply to every environment. `python`
+    is the runtime's interpreter (default: this one), which needs awslambdaric.
+    `telemetry_subscription_status`, when set, is how the Telemetry API answers every
+    subscription, as when Lambda refuses it or fails.
     """
 
     def __init__(
@@ -59,8 +63,13 @@ class LambdaEmulator:
         region: str = "us-east-1",
         init_timeout: float = 10.0,
         hooks: Iterable[EnvironmentHooks] = (),
+        python: str | Path | None = None,
+        telemetry_subscription_status: int | None = None,
     ) -> None:
         variables = dict(env or {})
+        runtime_python = {} if python is None else {"python": Path(python)}
+        if python is not None:
+            runtime_python["runtime"] = python_runtime(Path(python))
         if exec_wrapper is not None:
             variables["AWS_LAMBDA_EXEC_WRAPPER"] = str(exec_wrapper)
         self.config = FunctionConfig(
@@ -73,7 +82,9 @@ class LambdaEmulator:
             function_name=function_name,
             region=region,
             init_timeout=init_timeout,
+            **runtime_python,
         )
+        self.telemetry_subscription_status = telemetry_subscription_status
         self.provisioned = provisioned
         self.environments: list[ExecutionEnvironment] = []
         self.log_streams: dict[str, list[str]] = {}
@@ -145,6 +156,7 @@ class LambdaEmulator:
         environment = ExecutionEnvironment(
             self.config, self._runtime_dir, init_type=init_type, hooks=self._hooks
         )
+        environment.telemetry.subscription_status = self.telemetry_subscription_status
         self.environments.append(environment)
         self.log_streams[environment.log_stream_name] = environment.logs
         return environment

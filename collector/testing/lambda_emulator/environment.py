@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -27,11 +29,11 @@ from collector.testing.lambda_emulator.runtime_api import (
     RuntimeAPIServer,
     RuntimeReply,
 )
+from collector.testing.lambda_emulator.sandbox import sandboxed, write_hosts
 from collector.testing.lambda_emulator.telemetry_api import TelemetryAPI
 
 VERSION = "$LATEST"
 ACCOUNT_ID = "123456789012"
-EXECUTION_ENV = f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}"
 SHUTDOWN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, Lambda's cap on the Shutdown phase
 # With external extensions the runtime gets up to 300 ms of the 2 s (500 ms when an internal
 # extension registered); the extensions the rest, from their SHUTDOWN event on.
@@ -92,8 +94,21 @@ RUNTIME_ONLY_VARIABLES = frozenset(
 
 
 def install_runtime(directory: Path) -> None:
-    """Write the runtime bootstrap into `directory` (the environments' LAMBDA_RUNTIME_DIR)."""
+    """Write the runtime bootstrap into `directory` (the environments' LAMBDA_RUNTIME_DIR),
+    and the hosts file of the environments' sandbox."""
     (directory / BOOTSTRAP).write_text(_BOOTSTRAP_SOURCE)
+    write_hosts(directory)
+
+
+def python_runtime(python: Path) -> str:
+    """The Lambda runtime identifier of the interpreter `python`, like python3.12."""
+    probe = subprocess.run(
+        [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return f"python{probe.stdout.strip()}"
 
 
 class InitType(StrEnum):
@@ -158,7 +173,9 @@ class FunctionConfig:
     """A function's configuration. Times in seconds; `env` holds the user's variables (including
     AWS_LAMBDA_EXEC_WRAPPER); `layers` are directories added to PYTHONPATH after `code_dir`,
     as /opt/python is on Lambda, whose `extensions/` executables are external extensions, as
-    /opt/extensions/ is on Lambda."""
+    /opt/extensions/ is on Lambda. `python` is the runtime's interpreter, `runtime` its Lambda
+    identifier (python3.12): the runtime runs on it and it is first on PATH, as /var/lang/bin
+    is on Lambda, so extensions started with `python3` run on it too."""
 
     handler: str
     code_dir: Path
@@ -169,6 +186,8 @@ class FunctionConfig:
     function_name: str = "coldtail-function"
     region: str = "us-east-1"
     init_timeout: float = 10.0
+    python: Path = Path(sys.executable)
+    runtime: str = f"python{sys.version_info.major}.{sys.version_info.minor}"
 
     def __post_init__(self) -> None:
         reserved = sorted(RESERVED_VARIABLES & self.env.keys())
@@ -334,7 +353,7 @@ class ExecutionEnvironment:
         config = self.config
         # The interpreter's directory first, as /var/lang/bin is on Lambda: `python3` in the
         # #! line of an extension is the runtime's Python.
-        path = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
+        path = os.pathsep.join((str(config.python.parent), os.environ.get("PATH", "")))
         return {
             "PATH": path.rstrip(os.pathsep),
             "LANG": "en_US.UTF-8",
@@ -350,7 +369,7 @@ class ExecutionEnvironment:
             "AWS_LAMBDA_INITIALIZATION_TYPE": str(self.init_type),
             "AWS_REGION": config.region,
             "AWS_DEFAULT_REGION": config.region,
-            "AWS_EXECUTION_ENV": EXECUTION_ENV,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{config.runtime}",
             "LAMBDA_TASK_ROOT": str(config.code_dir),
             "LAMBDA_RUNTIME_DIR": str(self._runtime_dir),
             "TZ": ":UTC",
@@ -364,9 +383,17 @@ class ExecutionEnvironment:
 
     def _command(self) -> list[str]:
         # -P keeps the runtime dir off sys.path: the function imports from its code and layers.
-        command = [sys.executable, "-P", str(self._runtime_dir / BOOTSTRAP)]
+        command = [str(self.config.python), "-P", str(self._runtime_dir / BOOTSTRAP)]
         wrapper = self.config.env.get("AWS_LAMBDA_EXEC_WRAPPER")
-        return [wrapper, *command] if wrapper else command
+        return self._sandboxed([wrapper, *command] if wrapper else command)
+
+    def _sandboxed(self, command: list[str]) -> list[str]:
+        """`command` in the environment's sandbox; OSError, as exec would raise it, when its
+        program is not an executable file (the sandbox's shell would only exit 127)."""
+        program = command[0]
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        return sandboxed(command, self._runtime_dir / "hosts")
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -479,7 +506,7 @@ class ExecutionEnvironment:
         for name, path in self._extension_paths.items():
             try:
                 process = await asyncio.create_subprocess_exec(
-                    path,
+                    *self._sandboxed([str(path)]),
                     cwd=self.config.code_dir,
                     env=self.extension_variables,
                     stdout=asyncio.subprocess.PIPE,

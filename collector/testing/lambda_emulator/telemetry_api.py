@@ -4,7 +4,8 @@
 A registered extension subscribes with `PUT /2022-07-01/telemetry`: `schemaVersion`, `types`
 (platform, function, extension), `buffering` (maxItems 1,000..10,000, default 1,000; maxBytes
 262,144..1,048,576, default 262,144; timeoutMs 25..30,000, default 1,000) and an HTTP
-`destination` (`sandbox.localdomain` is this machine). Each subscription buffers its events and
+`destination`, which must be `http://sandbox.localdomain:PORT` as on Lambda (see `sandbox`: the
+name is this machine inside the environment). Each subscription buffers its events and
 a background task POSTs them as a JSON array once the oldest waited timeoutMs, or maxItems or
 maxBytes are reached; a failed POST is retried with backoff. Deliveries wait while the
 environment is frozen, so an invocation's last events (its platform.report) reach subscribers
@@ -30,11 +31,11 @@ from yarl import URL
 
 from collector.testing.lambda_emulator.extensions_api import Extension
 from collector.testing.lambda_emulator.runtime_api import Invocation
+from collector.testing.lambda_emulator.sandbox import SANDBOX_ADDRESS, SANDBOX_HOST
 
 PATH = "/2022-07-01/telemetry"
 SCHEMA_VERSIONS = frozenset({"2022-07-01", "2022-12-13", "2025-01-29"})
 TYPES = frozenset({"platform", "function", "extension"})
-SANDBOX_HOST = "sandbox.localdomain"
 # name: (default, minimum, maximum)
 BUFFERING = {
     "maxItems": (1000, 1000, 10_000),
@@ -141,15 +142,19 @@ def _destination(body: dict[str, Any], errors: list[str]) -> URL | None:
     if url.scheme != "http" or not url.host:
         errors.append("destination.URI must be an http:// URI")
         return None
+    if url.host != SANDBOX_HOST:
+        errors.append(f"destination.URI host must be {SANDBOX_HOST}, not {url.host}")
     if url.explicit_port is None:
         errors.append("URI port is not provided")
-    return url.with_host("127.0.0.1") if url.host == SANDBOX_HOST else url
+    return url.with_host(SANDBOX_ADDRESS)
 
 
 class TelemetryAPI:
     """Subscriptions and event delivery for one environment. `caller` maps a request to the
     registered extension it identifies (None when unknown). Not thread-safe: use it from the
-    event loop of the environment's server. `close` ends every delivery."""
+    event loop of the environment's server. `close` ends every delivery. With
+    `subscription_status` set, every valid subscription is answered with that status instead
+    (a fault as Lambda may answer it), and nothing is subscribed."""
 
     def __init__(self, caller: Callable[[web.Request], Extension | None]) -> None:
         self._caller = caller
@@ -160,6 +165,7 @@ class TelemetryAPI:
         self._thawed.set()
         self._flushing = False
         self._session: aiohttp.ClientSession | None = None
+        self.subscription_status: int | None = None
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [web.put(PATH, self._subscribe)]
@@ -329,6 +335,9 @@ class TelemetryAPI:
         if errors or url is None:
             error = {"errorMessage": "; ".join(errors), "errorType": "ValidationError"}
             return web.json_response(error, status=400)
+        if self.subscription_status is not None:
+            error = {"errorMessage": "subscription failed", "errorType": "Telemetry.Failure"}
+            return web.json_response(error, status=self.subscription_status)
         subscription = Subscription(
             extension.name,
             frozenset(types),
