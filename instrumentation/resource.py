@@ -14,9 +14,12 @@ _MIB = 1024 * 1024
 
 def lambda_resource(environ: Mapping[str, str] = os.environ) -> dict[str, object]:
     """Resource attributes: the semantic conventions' cloud.* and faas.* (faas.max_memory in
-    bytes), coldtail.init_type, telemetry.sdk.*, then OTEL_RESOURCE_ATTRIBUTES over them;
-    service.name is OTEL_SERVICE_NAME, else the one in OTEL_RESOURCE_ATTRIBUTES, else the
-    function name."""
+    bytes), aws.log.group.names and aws.log.stream.names (string arrays of one name each),
+    coldtail.init_type, telemetry.sdk.*, then OTEL_RESOURCE_ATTRIBUTES over them; service.name
+    is OTEL_SERVICE_NAME, else the one in OTEL_RESOURCE_ATTRIBUTES, else the function name.
+
+    cloud.resource_id and cloud.account.id are span attributes instead: the function's ARN is
+    only known once an invocation arrives."""
     function_name = environ.get("AWS_LAMBDA_FUNCTION_NAME")
     attributes: dict[str, object] = {
         "service.name": function_name or "unknown_service",
@@ -27,6 +30,8 @@ def lambda_resource(environ: Mapping[str, str] = os.environ) -> dict[str, object
         "faas.version": environ.get("AWS_LAMBDA_FUNCTION_VERSION"),
         "faas.instance": environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
         "faas.max_memory": _memory_bytes(environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")),
+        "aws.log.group.names": _one_name(environ.get("AWS_LAMBDA_LOG_GROUP_NAME")),
+        "aws.log.stream.names": _one_name(environ.get("AWS_LAMBDA_LOG_STREAM_NAME")),
         "coldtail.init_type": init_type(environ),
         "telemetry.sdk.name": "coldtail",
         "telemetry.sdk.language": "python",
@@ -83,3 +88,9 @@ def _memory_bytes(mib: str | None) -> int | None:
         return int(mib) * _MIB if mib else None
     except ValueError:
         return None
+
+
+def _one_name(name: str | None) -> list[str] | None:
+    # The aws.log.* names are string arrays (a task may write to several groups); a function
+    # writes to one group and one stream per execution environment.
+    return [name] if name else None

@@ -11,26 +11,53 @@ and messaging.
 | SQS | `Records[].eventSource` aws:sqs | pubsub | CONSUMER | `process <queue>` |
 | SNS | `Records[].EventSource` aws:sns | pubsub | CONSUMER | `process <topic>` |
 | Kinesis | `Records[].eventSource` aws:kinesis | pubsub | CONSUMER | `process <stream>` |
-| DynamoDB streams | `Records[].eventSource` aws:dynamodb | datasource | CONSUMER | function |
-| S3 | `Records[].eventSource` aws:s3 | datasource | CONSUMER | function |
-| EventBridge | `detail-type`, `source` | pubsub (timer: Scheduled Event) | CONSUMER | function |
+| DynamoDB streams | `Records[].eventSource` aws:dynamodb | datasource | SERVER | function |
+| S3 | `Records[].eventSource` aws:s3 | datasource | SERVER | function |
+| EventBridge | `detail-type`, `source` | pubsub | CONSUMER | function |
+| EventBridge schedule | `detail-type` Scheduled Event | timer | SERVER | function |
 | anything else | | other | SERVER | function |
 
-("function" is the function name, the FaaS conventions' default span name.)
+("function" is the function name, the FaaS conventions' default span name.) The kind is
+SERVER, as the Lambda and FaaS conventions ask for datasource, timer and other triggers, except
+for message processing, which the messaging conventions make CONSUMER.
 
-`http.route` is the route template (REST `resource`, HTTP API `routeKey` without the method),
-never the raw path; function URLs, ALB and the HTTP API `$default` route have no template, so no
-`http.route`. A batch whose records come from several queues/topics/streams gets no
-destination name and the span name `process`. Kinesis and EventBridge have no
-`messaging.system` value in the conventions; `aws.kinesis` and `aws.eventbridge` follow the
-newer `aws.sns` spelling.
+HTTP: `http.route` is the route template (REST `resource`, HTTP API `routeKey` without the
+method), never the raw path; function URLs, ALB and the HTTP API `$default` route have no
+template, so no `http.route`. The span is named `{method} {route}` as for every HTTP server
+span (the Lambda page's older wording names it after the route alone). `http.request.method`
+is a known method (RFC 9110's, PATCH and QUERY, or exactly those listed in
+OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS), matched exactly, else case-insensitively; any other
+is `_OTHER`, named `HTTP` in the span name. `http.request.method_original` holds the method as
+received when it differs. `url.query` is the query as received: HTTP API and function URL
+`rawQueryString`, ALB's parameters as they came (ALB does not decode them), REST API's decoded
+parameters encoded again; the values of signing keys (`X-Amz-Signature`, ...) are `REDACTED`.
 
-Every span gets `faas.invocation_id`, `cloud.resource_id` and `aws.lambda.invoked_arn` (the
-invoked ARN) and `cloud.account.id` (its fifth `:` field). The parent comes from the request
-headers for HTTP triggers, from the client context's W3C fields for a direct invoke, and from
-`_X_AMZN_TRACE_ID` with the xray-lambda propagator. Each SQS / SNS record with a trace context
-(the `traceparent` message attribute, else the SQS `AWSTraceHeader` system attribute) becomes a
-link.
+Messaging: `process <destination>` follows the messaging conventions and the Lambda page's
+own example (its text still spells `<event source> process`); a batch whose records come from
+several queues/topics/streams gets no destination name and the span name `process`.
+`messaging.batch.message_count` is set for batches of two or more, `messaging.message.id` for a
+single message (and on each link). Kinesis and EventBridge have no `messaging.system` value in
+the conventions; `aws.kinesis` and `aws.eventbridge` follow the newer `aws.sns` spelling.
+
+SQS trace context, as the Lambda conventions define it: each record's `AWSTraceHeader` system
+attribute (the X-Ray header, which AWS services carry along, e.g. S3 -> SNS -> SQS) becomes a
+link, read with the X-Ray format, and wins over anything the message's own attributes say. Only
+a record without one falls back on its `traceparent` message attribute (W3C), which producers
+instrumented with OpenTelemetry alone set, so that their messages are linked too. No message
+parents the invocation: its parent is the Lambda runtime's span (`_X_AMZN_TRACE_ID` with the
+xray-lambda propagator) or none. The per-message process spans the
+conventions describe need the user's code and are not made here. SNS records bring no system
+trace header to the function, so each one's `traceparent` message attribute (W3C) is a link.
+
+Every span gets `faas.invocation_id` (the request id), `aws.lambda.invoked_arn` (the ARN as
+invoked), `cloud.account.id` (its fifth `:` field) and `cloud.resource_id`: the function's ARN
+with any qualifier replaced by the version running (AWS_LAMBDA_FUNCTION_VERSION), so
+`...:function:orders:prod` where the alias `prod` runs version 7 gives `...:function:orders:7`,
+and an unqualified `...:function:orders` gives `...:function:orders:$LATEST`: one value for
+every invocation of an execution environment, whatever alias called it.
+
+The parent comes from the request headers for HTTP triggers, from the client context's W3C
+fields for a direct invoke, and from `_X_AMZN_TRACE_ID` with the xray-lambda propagator.
 """
 
 from __future__ import annotations
@@ -49,6 +76,21 @@ OTHER = "other"
 
 _S3_OPERATIONS = {"ObjectCreated": "insert", "ObjectRemoved": "delete"}
 _DYNAMODB_OPERATIONS = {"INSERT": "insert", "MODIFY": "edit", "REMOVE": "delete"}
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
+)
+# Query keys whose values the HTTP conventions ask to redact: request signatures and credentials.
+_SENSITIVE_QUERY_KEYS = frozenset(
+    {
+        "AWSAccessKeyId",
+        "Signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+        "X-Amz-Signature",
+        "X-Goog-Signature",
+        "sig",
+    }
+)
 
 
 class Trigger:
@@ -83,6 +125,9 @@ def classify(
     propagators: tuple[str, ...] = propagation.DEFAULT_PROPAGATORS,
     environ: Mapping[str, str] = os.environ,
 ) -> Trigger:
+    """The invocation span's description for `event`. `environ` gives the function's name and
+    version where `context` lacks them, OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS, and
+    `_X_AMZN_TRACE_ID` for the xray-lambda propagator."""
     function_name = (
         getattr(context, "function_name", None) or environ.get("AWS_LAMBDA_FUNCTION_NAME") or ""
     )
@@ -90,8 +135,10 @@ def classify(
     if trigger is None:
         trigger = Trigger(function_name, KIND_SERVER, {"faas.trigger": OTHER})
         trigger.carrier = _client_context_w3c(context)
+    if trigger.http_version:
+        _resolve_method(trigger, _known_methods(environ))
     trigger.parent = propagation.extract(trigger.carrier, propagators, environ)
-    attributes = {**trigger.attributes, **_context_attributes(context)}
+    attributes = {**trigger.attributes, **_context_attributes(context, environ)}
     trigger.attributes = {k: v for k, v in attributes.items() if v is not None}
     return trigger
 
@@ -149,6 +196,7 @@ def _http_v1(event: dict, request_context: dict) -> Trigger:
         user_agent=identity.get("userAgent"),
         domain=request_context.get("domainName"),
         protocol=request_context.get("protocol"),
+        query=_parameters_query(event, decoded=True),
     )
     trigger.http_version = "1.0"
     return trigger
@@ -171,6 +219,7 @@ def _http_v2(event: dict, request_context: dict) -> Trigger:
         user_agent=http.get("userAgent"),
         domain=domain,
         protocol=http.get("protocol"),
+        query=event.get("rawQueryString"),
     )
     trigger.http_version = "2.0"
     return trigger
@@ -185,6 +234,7 @@ def _alb(event: dict) -> Trigger:
         event.get("path"),
         headers,
         client_address=forwarded_for.split(",")[0].strip() or None,
+        query=_parameters_query(event, decoded=False),
     )
     trigger.http_version = "1.0"
     return trigger
@@ -199,24 +249,98 @@ def _http(
     user_agent=None,
     domain=None,
     protocol=None,
+    query=None,
 ) -> Trigger:
+    """The HTTP server span with the method as received; `_resolve_method` names it."""
     lowered = propagation.lower_keys(headers)
-    method = method.upper() if isinstance(method, str) and method else "_OTHER"
+    host = _first(lowered.get("x-forwarded-host")) or lowered.get("host") or domain or ""
+    address, port = _host_and_port(host)
     attributes = {
         "faas.trigger": HTTP,
-        "http.request.method": method,
+        "http.request.method": method if isinstance(method, str) else None,
         "http.route": route,
         "url.path": path,
-        "url.scheme": lowered.get("x-forwarded-proto", "").split(",")[0].strip() or None,
-        "server.address": lowered.get("host") or domain or None,
-        "server.port": _int(lowered.get("x-forwarded-port", "").split(",")[0]),
+        "url.query": _redacted(query) if isinstance(query, str) and query else None,
+        "url.scheme": _first(lowered.get("x-forwarded-proto")),
+        "server.address": address,
+        "server.port": port or _int(_first(lowered.get("x-forwarded-port")) or ""),
         "user_agent.original": lowered.get("user-agent") or user_agent,
         "client.address": client_address,
     }
     if isinstance(protocol, str) and protocol.upper().startswith("HTTP/"):
         attributes["network.protocol.version"] = protocol[5:]
-    name = f"{method} {route}" if route else method
-    return Trigger(name, KIND_SERVER, attributes, carrier=lowered)
+    return Trigger("", KIND_SERVER, attributes, carrier=lowered)
+
+
+def _resolve_method(trigger: Trigger, known: frozenset[str]) -> None:
+    """Sets http.request.method to a known method or `_OTHER` (keeping the received one in
+    http.request.method_original when they differ) and names the span `{method} {route}`."""
+    attributes = trigger.attributes
+    received = attributes.get("http.request.method") or ""
+    if received in known:
+        method = received
+    elif received.upper() in known:
+        method = received.upper()
+    else:
+        method = "_OTHER"
+    attributes["http.request.method"] = method
+    if received and received != method:
+        attributes["http.request.method_original"] = received
+    name = "HTTP" if method == "_OTHER" else method
+    route = attributes.get("http.route")
+    trigger.name = f"{name} {route}" if route else name
+
+
+def _known_methods(environ: Mapping[str, str]) -> frozenset[str]:
+    """OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS (case-sensitive, replacing the defaults) when
+    set."""
+    listed = environ.get("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "")
+    methods = frozenset(m.strip() for m in listed.split(",") if m.strip())
+    return methods or _KNOWN_METHODS
+
+
+def _parameters_query(event: dict, decoded: bool) -> str | None:
+    """A query string from the event's (multi-value) query parameters, percent-encoding them
+    again when the event holds them `decoded`."""
+    parameters = event.get("multiValueQueryStringParameters") or event.get("queryStringParameters")
+    if not isinstance(parameters, dict) or not parameters:
+        return None
+    if decoded:
+        from urllib.parse import quote_plus as quote
+    else:
+        quote = str
+    pairs = [
+        f"{quote(str(key))}={quote(str(value))}"
+        for key, values in parameters.items()
+        for value in (values if isinstance(values, list) else [values])
+    ]
+    return "&".join(pairs) or None
+
+
+def _redacted(query: str) -> str:
+    """`query` with the value of each sensitive key (matched case-sensitively) `REDACTED`."""
+    items = query.split("&")
+    for i, item in enumerate(items):
+        key, sep, _ = item.partition("=")
+        if sep and key in _SENSITIVE_QUERY_KEYS:
+            items[i] = f"{key}=REDACTED"
+    return "&".join(items)
+
+
+def _host_and_port(host: str) -> tuple[str | None, int | None]:
+    """`example.com`, `example.com:8443`, `[2001:db8::1]:8443` split into address and port."""
+    if host.startswith("["):
+        address, _, rest = host[1:].partition("]")
+        return address or None, _int(rest[1:]) if rest.startswith(":") else None
+    if host.count(":") == 1:
+        address, _, port = host.partition(":")
+        return address or None, _int(port)
+    return host or None, None
+
+
+def _first(header: str | None) -> str | None:
+    """The first (client-side) entry of a proxy header such as X-Forwarded-Proto."""
+    return (header or "").split(",")[0].strip() or None
 
 
 # --- messaging and data sources ------------------------------------------------------------
@@ -225,11 +349,10 @@ def _http(
 def _sqs(records: list[dict], function_name: str) -> Trigger:
     links = []
     for record in records:
-        attribute = (record.get("messageAttributes") or {}).get("traceparent") or {}
-        context = propagation.parse_traceparent(attribute.get("stringValue"))
+        context = propagation.parse_xray((record.get("attributes") or {}).get("AWSTraceHeader"))
         if context is None:
-            aws_trace_header = (record.get("attributes") or {}).get("AWSTraceHeader")
-            context = propagation.parse_xray(aws_trace_header)
+            attribute = (record.get("messageAttributes") or {}).get("traceparent") or {}
+            context = propagation.parse_traceparent(attribute.get("stringValue"))
         if context is not None:
             links.append(Link(context, {"messaging.message.id": record.get("messageId")}))
     return _messaging(
@@ -262,11 +385,13 @@ def _messaging(system: str, messages, arns, links, id_key: str) -> Trigger:
         "messaging.system": system,
         "messaging.operation.type": "process",
         "messaging.operation.name": "process",
-        "messaging.batch.message_count": len(messages),
         "messaging.destination.name": destination,
     }
+    # The conventions keep the batch size off spans about a single message.
     if len(messages) == 1:
         attributes["messaging.message.id"] = messages[0].get(id_key)
+    else:
+        attributes["messaging.batch.message_count"] = len(messages)
     name = f"process {destination}" if destination else "process"
     return Trigger(name, KIND_CONSUMER, attributes, links)
 
@@ -279,7 +404,7 @@ def _dynamodb(records: list[dict], function_name: str) -> Trigger:
         "faas.document.collection": tables.pop() if len(tables) == 1 else None,
         "faas.document.operation": operations.pop() if len(operations) == 1 else None,
     }
-    return Trigger(function_name, KIND_CONSUMER, attributes)
+    return Trigger(function_name, KIND_SERVER, attributes)
 
 
 def _s3(records: list[dict], function_name: str) -> Trigger:
@@ -300,7 +425,7 @@ def _s3(records: list[dict], function_name: str) -> Trigger:
         "faas.document.operation": operations.pop() if len(operations) == 1 else None,
         "faas.document.time": times.pop() if len(times) == 1 else None,
     }
-    return Trigger(function_name, KIND_CONSUMER, attributes)
+    return Trigger(function_name, KIND_SERVER, attributes)
 
 
 def _eventbridge(event: dict, function_name: str) -> Trigger:
@@ -312,11 +437,12 @@ def _eventbridge(event: dict, function_name: str) -> Trigger:
     if detail_type == "Scheduled Event":
         attributes["faas.trigger"] = TIMER
         attributes["faas.time"] = event.get("time")
-    else:
-        attributes["faas.trigger"] = PUBSUB
-        attributes["messaging.system"] = "aws.eventbridge"
-        attributes["messaging.operation.type"] = "process"
-        attributes["messaging.message.id"] = event.get("id")
+        return Trigger(function_name, KIND_SERVER, attributes)
+    attributes["faas.trigger"] = PUBSUB
+    attributes["messaging.system"] = "aws.eventbridge"
+    attributes["messaging.operation.type"] = "process"
+    attributes["messaging.operation.name"] = "process"
+    attributes["messaging.message.id"] = event.get("id")
     return Trigger(function_name, KIND_CONSUMER, attributes)
 
 
@@ -332,11 +458,14 @@ _RECORD_TRIGGERS = {
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _context_attributes(context) -> dict:
+def _context_attributes(context, environ: Mapping[str, str]) -> dict:
     arn = getattr(context, "invoked_function_arn", None)
+    version = getattr(context, "function_version", None) or environ.get(
+        "AWS_LAMBDA_FUNCTION_VERSION"
+    )
     attributes = {
         "faas.invocation_id": getattr(context, "aws_request_id", None),
-        "cloud.resource_id": arn,
+        "cloud.resource_id": _function_arn(arn, version),
         "aws.lambda.invoked_arn": arn,
     }
     if isinstance(arn, str):
@@ -344,6 +473,20 @@ def _context_attributes(context) -> dict:
         if len(parts) > 4 and parts[4]:
             attributes["cloud.account.id"] = parts[4]
     return attributes
+
+
+def _function_arn(invoked_arn, version: str | None) -> str | None:
+    """The ARN of the function version running: `invoked_arn`
+    (`arn:<partition>:lambda:<region>:<account>:function:<name>[:<alias or version>]`) with its
+    qualifier replaced by `version`, or left off when the version is unknown. None when
+    `invoked_arn` is not a Lambda function ARN."""
+    if not isinstance(invoked_arn, str):
+        return None
+    parts = invoked_arn.split(":")
+    if len(parts) not in (7, 8) or parts[2] != "lambda" or parts[5] != "function":
+        return None
+    base = ":".join(parts[:7])
+    return f"{base}:{version}" if version else base
 
 
 def _client_context_w3c(context) -> dict | None:
