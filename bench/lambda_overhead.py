@@ -24,6 +24,14 @@ medians; "added" is the configuration's median minus bare's.
 Layers are built as a Lambda layer build would: copied into a temporary directory and compiled
 to .pyc, and the runtime reads that bytecode and writes none (on Lambda /opt and /var/task are
 read-only). Otherwise every cold start would compile the instrumentation's modules first.
+
+`--function api` runs the same handler with its work in a span of the OpenTelemetry API (the
+function imports opentelemetry-api at init and sets up no SDK), in every configuration: what the
+API costs the function itself shows in bare's figures, what serving it costs in the others'.
+`--instrumentations NAMES` sets OTEL_PYTHON_ENABLED_INSTRUMENTATIONS for coldtail's configuration.
+`--baseline DIR` adds a configuration "baseline": the `instrumentation` package found in DIR (a
+copy of another version of the tree) set up as coldtail's is, taking its turns with the others,
+so that the two versions are compared under the same drift.
 """
 
 from __future__ import annotations
@@ -53,6 +61,21 @@ from collector.testing.lambda_emulator import InvocationResult, LambdaEmulator, 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 HANDLER = "app.handler"
+FUNCTIONS = ("plain", "api")
+
+# The function for --function api: bench/lambda_function/app.py (as plain_app) inside a span.
+API_FUNCTION = """
+from opentelemetry import trace
+
+import plain_app
+
+tracer = trace.get_tracer("bench.function")
+
+
+def handler(event, context):
+    with tracer.start_as_current_span("answer"):
+        return plain_app.handler(event, context)
+"""
 
 EVENT = {
     "version": "2.0",
@@ -112,19 +135,27 @@ def peer_available() -> bool:
         return False
 
 
-def configurations(endpoint: str, with_peer: bool) -> list[Configuration]:
+def configurations(endpoint: str, with_peer: bool, args: argparse.Namespace) -> list[Configuration]:
     # As on Lambda, where /var/task and /opt are read-only: the runtime writes no bytecode.
     common = {"PYTHONDONTWRITEBYTECODE": "1"}
     exporting = {**common, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
-    configs = [
-        Configuration("bare", env=common),
-        Configuration(
-            "coldtail",
-            exec_wrapper=ROOT / "instrumentation" / "bin" / "coldtail-instrument",
-            layer_sources=(ROOT / "instrumentation",),
-            env=exporting,
-        ),
-    ]
+    coldtail_env = dict(exporting)
+    if args.instrumentations:
+        coldtail_env["OTEL_PYTHON_ENABLED_INSTRUMENTATIONS"] = args.instrumentations
+    trees = {"coldtail": ROOT}
+    if args.baseline:
+        trees["baseline"] = args.baseline
+    configs = [Configuration("bare", env=common)]
+    for name, tree in trees.items():
+        package = tree / "instrumentation"
+        configs.append(
+            Configuration(
+                name,
+                exec_wrapper=package / "bin" / "coldtail-instrument",
+                layer_sources=(package,),
+                env=coldtail_env,
+            )
+        )
     if with_peer:
         configs.append(
             Configuration(
@@ -147,6 +178,17 @@ def build(directory: Path, sources: tuple[Path, ...]) -> Path:
             shutil.copytree(source, directory / source.name, ignore=ignore)
         else:
             shutil.copy2(source, directory / source.name)
+    compile_tree(directory)
+    return directory
+
+
+def build_function(directory: Path, function: str) -> Path:
+    """The function's code, for --function `function`."""
+    if function == "plain":
+        return build(directory, (BENCH / "lambda_function" / "app.py",))
+    directory.mkdir(parents=True)
+    shutil.copy2(BENCH / "lambda_function" / "app.py", directory / "plain_app.py")
+    (directory / "app.py").write_text(API_FUNCTION)
     compile_tree(directory)
     return directory
 
@@ -225,12 +267,13 @@ class Received:
                 )
 
 
-async def measure(cold_starts: int, warm: int, with_peer: bool) -> tuple[list, Received]:
+async def measure(args: argparse.Namespace, with_peer: bool) -> tuple[list, Received]:
+    cold_starts, warm = args.cold_starts, args.warm
     received = Received()
     async with Backend(on_accept=received) as backend:
-        configs = configurations(backend.http_endpoint, with_peer)
+        configs = configurations(backend.http_endpoint, with_peer, args)
         with tempfile.TemporaryDirectory(prefix="coldtail-bench-lambda-") as tmp:
-            code = build(Path(tmp) / "function", (BENCH / "lambda_function" / "app.py",))
+            code = build_function(Path(tmp) / "function", args.function)
             for config in configs:
                 if config.layer_sources:
                     config.layer = build(Path(tmp) / "layers" / config.name, config.layer_sources)
@@ -317,11 +360,29 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.lambda_overhead", description=__doc__)
     parser.add_argument("--cold-starts", type=int, default=30, help="per configuration")
     parser.add_argument("--warm", type=int, default=500, help="warm invocations per configuration")
+    parser.add_argument(
+        "--function", choices=FUNCTIONS, default="plain", help="api: its work in an API span"
+    )
+    parser.add_argument(
+        "--instrumentations",
+        default="",
+        help="OTEL_PYTHON_ENABLED_INSTRUMENTATIONS for coldtail (e.g. requests)",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="a tree whose instrumentation package runs as 'baseline'"
+    )
     args = parser.parse_args(argv)
     with_peer = peer_available()
-    command = f"{parser.prog} --cold-starts {args.cold_starts} --warm {args.warm}"
+    command = (
+        f"{parser.prog} --cold-starts {args.cold_starts} --warm {args.warm} "
+        f"--function {args.function}"
+    )
+    if args.instrumentations:
+        command += f" --instrumentations {args.instrumentations}"
+    if args.baseline:
+        command += f" --baseline {args.baseline}"
     started = time.monotonic()
-    configs, received = asyncio.run(measure(args.cold_starts, args.warm, with_peer))
+    configs, received = asyncio.run(measure(args, with_peer))
     verify(configs, received)
     report(configs, received, command, time.monotonic() - started)
 

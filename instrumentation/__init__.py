@@ -4,7 +4,9 @@ Lambda entry points: `instrumentation.handler.handler` (the value the exec wrapp
 `bin/coldtail-instrument` swaps `_HANDLER` to) and the decorator
 `instrumentation.handler.instrument_handler`. Every module the function loads imports only
 standard-library modules the Lambda Python runtime has already loaded, because import time
-during init is part of the user's cold start.
+during init is part of the user's cold start. `instrumentation.api` imports the OpenTelemetry
+API as well: it is loaded only once the function has loaded that API, or for the library
+instrumentations named by OTEL_PYTHON_ENABLED_INSTRUMENTATIONS.
 
 Container entry points (instrumentation.container): `bin/coldtail-instrument COMMAND...` and
 `configure()`, which use the OpenTelemetry SDK.

@@ -37,6 +37,10 @@ _MAX_BODY_BYTES = 4 * 1024 * 1024
 _RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
+# Names the invocation whose last spans a request carries (see OtlpHttpExporter.export).
+INVOCATION_DONE_HEADER = "Coldtail-Invocation-Done"
+
+
 class ExportError(Exception):
     """An export that did not succeed. `retryable`: sending the same data later may work."""
 
@@ -77,11 +81,17 @@ class OtlpHttpExporter:
         headers.update(parse_key_values(environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "")))
         return cls(endpoint, headers)
 
-    def export(self, body: bytes, timeout_s: float) -> None:
+    def export(self, body: bytes, timeout_s: float, invocation_done: str = "") -> None:
         """POST one ExportTraceServiceRequest; return on a 2xx answer, raise ExportError
-        otherwise. The whole call, connecting included, takes at most `timeout_s` seconds."""
+        otherwise. The whole call, connecting included, takes at most `timeout_s` seconds.
+        `invocation_done` names the invocation whose last spans these are: coldtail's Lambda
+        extension then knows it has them all without waiting for Lambda to say the runtime is
+        done (other receivers ignore the header)."""
         deadline = time.monotonic() + timeout_s
-        request = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
+        head = self._head
+        if invocation_done and invocation_done.isprintable():
+            head += f"{INVOCATION_DONE_HEADER}: {invocation_done}\r\n".encode("latin-1", "replace")
+        request = head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         reused = self._sock is not None
         try:
             status, reason, payload = self._round_trip(request, deadline)
@@ -239,5 +249,4 @@ def _request_head(path: str, authority: str, headers: Mapping[str, str]) -> byte
     for name, value in headers.items():
         if name.lower() not in reserved and "\r" not in name + value and "\n" not in name + value:
             lines.append(f"{name}: {value}")
-    lines.append("Content-Length: ")
-    return "\r\n".join(lines).encode("latin-1", "replace")
+    return "".join(f"{line}\r\n" for line in lines).encode("latin-1", "replace")

@@ -8,12 +8,16 @@ records the init start, imports the user's handler named by ORIG_HANDLER (`modul
 invocations. The init span starts at the process's start (read from /proc in Lambda) or, where
 that is not available, at this module's import.
 
-Never breaks the function (house rule 6): when the instrumentation cannot be set up, `handler`
-is the user's own handler; the user's import errors and exceptions propagate unchanged.
-OTEL_SDK_DISABLED=true makes `handler` the user's handler and `instrument_handler` a no-op.
+Never breaks the function: when the instrumentation cannot be set up, `handler` is the user's
+own handler; the user's import errors and exceptions propagate unchanged. OTEL_SDK_DISABLED=true
+makes `handler` the user's handler and `instrument_handler` a no-op.
 
 Imports are lazy: this module and its imports use only standard-library modules the runtime has
-already loaded; the OTel SDK is imported only when OTEL_PYTHON_ENABLED_INSTRUMENTATIONS is set.
+already loaded. The OpenTelemetry API is the function's own: coldtail serves it once the function
+has imported it (instrumentation.invocation), and imports it itself only to give the library
+instrumentations named by OTEL_PYTHON_ENABLED_INSTRUMENTATIONS their TracerProvider. The SDK is
+never imported. In Lambda, what is left unexported when the runtime shuts down goes out then
+(instrumentation.spindown).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ def load(original: str):
     if _instrumentation is None:
         return user_handler
     _guarded(_record_init, start_ns, recorder)
+    # The function's module may have set its own TracerProvider: now is when to tell.
+    _guarded(_instrumentation.connect_api)
     if getattr(user_handler, "__coldtail_instrumented__", False):
         # The user decorated it too, and the decorator serves invocations with the same state.
         return user_handler
@@ -73,6 +79,8 @@ def instrument_handler(function):
         if _instrumentation is None:
             _instrumentation = _create_instrumentation()
             _record_init(_init_start_ns(), None)
+            # Not connect_api: the module being imported may set its provider further down.
+            _guarded(_flush_at_spindown)
     except Exception:
         log.warning("coldtail: instrumentation disabled: setup failed", exc_info=True)
         return function
@@ -120,19 +128,37 @@ def _create_instrumentation():
         log.warning("coldtail: OTEL_PROPAGATORS %s not supported; ignored", sorted(unsupported))
     attributes = resource.lambda_resource(environ)
     instrumentation = Instrumentation(settings, attributes, OtlpHttpExporter.from_env(environ))
-    _guarded(_setup_sdk, instrumentation, attributes)
+    _guarded(_load_instrumentations, instrumentation)
     return instrumentation
 
 
-def _setup_sdk(instrumentation, attributes: dict) -> None:
+def _load_instrumentations(instrumentation) -> None:
+    """Before the user's module imports the libraries, so that clients it makes at import are
+    instrumented too. With coldtail's TracerProvider, whichever becomes the global one."""
     if not os.environ.get("OTEL_PYTHON_ENABLED_INSTRUMENTATIONS", "").strip():
         return
     from instrumentation import sdk
 
     names = sdk.instrumentation_names()
-    if names:
-        instrumentation.sdk = sdk.SdkBridge(attributes)
-        instrumentation.sdk.instrument(names)
+    if not names:
+        return
+    try:
+        provider = instrumentation.tracer_provider()
+    except ImportError as e:
+        log.warning(
+            "coldtail: OTEL_PYTHON_ENABLED_INSTRUMENTATIONS needs opentelemetry-api "
+            "in the function: %s",
+            e,
+        )
+        return
+    sdk.instrument(names, provider)
+
+
+def _flush_at_spindown() -> None:
+    if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+        from instrumentation import spindown
+
+        spindown.install(_instrumentation.flush)
 
 
 def _record_init(start_ns: int, recorder) -> None:
@@ -193,7 +219,10 @@ def _bootstrap():
     """The handler the runtime calls when this module is the function's handler module."""
     original = os.environ.get("ORIG_HANDLER", "")
     if original:
-        return load(original)
+        served = load(original)
+        if _instrumentation is not None:
+            _guarded(_flush_at_spindown)
+        return served
 
     def missing(event, context):
         raise RuntimeError(

@@ -19,28 +19,49 @@ Design:
   and a handler that finishes after all still exports its real span with no duplicate span id.
   A function whose whole budget is below the threshold gets the warning at half its budget
   rather than at once.
-- Flush before freeze. The invocation's spans (with the init spans and the OTel SDK spans that
-  ended meanwhile) are exported before the wrapper returns, within min(remaining time - 50 ms,
-  COLDTAIL_EXPORT_TIMEOUT_MS default 1000). A failed export is logged in one line on the
-  `coldtail` logger; if the failure may pass (connection refused, timeout, 429/502/503/504) the
-  spans are kept, up to 1000 (the oldest are dropped first), and sent with the next export.
+- Flush before freeze. The invocation's spans (with the init spans and the spans of the
+  OpenTelemetry API that ended meanwhile) are exported before the wrapper returns, within
+  min(remaining time - 50 ms, COLDTAIL_EXPORT_TIMEOUT_MS default 1000). A failed export is logged
+  in one line on the `coldtail` logger; if the failure may pass (connection refused, timeout,
+  429/502/503/504) the spans are kept, up to 1000 (the oldest are dropped first), and sent with
+  the next export. `flush` sends what is still kept when the process ends
+  (instrumentation.spindown).
+- OpenTelemetry API. Once the function has loaded `opentelemetry.context` (checked after its
+  module's import and at each invocation's start, never imported here), coldtail's TracerProvider
+  (instrumentation.api) becomes the global one, unless the function set its own; and during the
+  handler the invocation span is the current span, so that the function's spans and outgoing
+  calls' trace context follow from it, whichever provider makes the spans. Spans of coldtail's
+  provider that end between exports (on any thread, or after the handler returned) wait in
+  `finished`, up to 1000 (past that the oldest are dropped, counted and logged with the next
+  export), and go out with the next export.
+- Errors. A handler that raised gets the exception event, status ERROR and `error.type` (the
+  exception's fully qualified type); an HTTP 5xx response status ERROR without a description and
+  `error.type` the status code, as the HTTP conventions say.
 
-Everything here catches its own errors, logs and lets the user's handler run (house rule 6).
+Everything here catches its own errors, logs and lets the user's handler run.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 from instrumentation import triggers
 from instrumentation.imports import ImportRecorder
 from instrumentation.otlp import encode_export_request
-from instrumentation.spans import KIND_INTERNAL, STATUS_ERROR, Span
+from instrumentation.spans import (
+    KIND_INTERNAL,
+    STATUS_ERROR,
+    FinishedSpans,
+    Span,
+    qualified_name,
+)
 
 log = logging.getLogger("coldtail")
 
 MAX_RETAINED_SPANS = 1000
+MAX_FINISHED_SPANS = 1000
 _FREEZE_MARGIN_MS = 50
 _AHEAD_OF_REQUESTS = frozenset({"provisioned-concurrency", "snap-start"})
 
@@ -84,17 +105,21 @@ class InitRecord:
 
 class Instrumentation:
     """Process-wide state. `invoke` may run on any thread, one invocation at a time (the Lambda
-    model); the timeout timer runs on its own thread."""
+    model); the timeout timer runs on its own thread, API spans end on any."""
 
-    def __init__(self, settings: Settings, resource: dict, exporter, sdk=None) -> None:
+    def __init__(self, settings: Settings, resource: dict, exporter) -> None:
         self.settings = settings
         self.resource = resource
         self.exporter = exporter
-        self.sdk = sdk
         self.init: InitRecord | None = None
+        self.finished = FinishedSpans(MAX_FINISHED_SPANS)
+        # The invocation span while the handler runs.
+        self.active: Span | None = None
         self._first = True
         self._retained: list[Span] = []
         self._export_lock = threading.Lock()
+        self._provider = None
+        self._api_connected = False
 
     def invoke(self, handler, event, context):
         """Call `handler(event, context)` inside an invocation span; its result or exception
@@ -113,6 +138,34 @@ class Instrumentation:
             raise
         self._finish_safely(invocation, result, None)
         return result
+
+    def tracer_provider(self):
+        """coldtail's OpenTelemetry TracerProvider, made on first use. Imports opentelemetry:
+        call it only once the function has it, or for OTEL_PYTHON_ENABLED_INSTRUMENTATIONS."""
+        if self._provider is None:
+            from instrumentation import api
+
+            self._provider = api.provider_for(self)
+        return self._provider
+
+    def connect_api(self) -> bool:
+        """Once the function has loaded the OpenTelemetry API, make coldtail's TracerProvider the
+        global one unless the function set its own (only the first call that finds the API does);
+        returns whether the API is loaded."""
+        if "opentelemetry.context" not in sys.modules:
+            return False
+        if not self._api_connected:
+            self._api_connected = True
+            from instrumentation import api
+
+            api.install(self.tracer_provider())
+        return True
+
+    def flush(self, budget_ms: float) -> bool:
+        """Export what was kept from failed exports and the API spans that ended since the last
+        export, within `budget_ms`, as the last export of the process; returns whether everything
+        went out."""
+        return self._export(self._drain_finished(), budget_ms, final=True)
 
     def export_failed_init(self, exc: BaseException, start_ns: int) -> None:
         """Report an init whose user module failed to import: an `init` span with the error,
@@ -136,10 +189,32 @@ class Instrumentation:
             self._start_first(invocation)
         else:
             self._mark_cold(span, False)
-        if self.sdk is not None:
-            invocation.sdk_token = self.sdk.attach(span)
         self._arm_timeout_warning(invocation)
+        self.active = span
+        self._enter_api(invocation)
         return invocation
+
+    def _enter_api(self, invocation: _Invocation) -> None:
+        try:
+            if self.connect_api():
+                from instrumentation import api
+
+                limits = self.tracer_provider().limits
+                invocation.api_scope = api.activate(invocation.span, limits)
+        except Exception as e:
+            log.warning("coldtail: OpenTelemetry API support failed: %r", e)
+
+    def _leave_api(self, invocation: _Invocation) -> None:
+        self.active = None
+        scope, invocation.api_scope = invocation.api_scope, None
+        if scope is None:
+            return
+        from instrumentation import api
+
+        try:
+            api.deactivate(*scope)
+        except Exception as e:
+            log.warning("coldtail: could not restore the OpenTelemetry context: %r", e)
 
     def _start_first(self, invocation: _Invocation) -> None:
         span = invocation.span
@@ -204,13 +279,14 @@ class Instrumentation:
                 )
                 snapshot.add_link(invocation.span.context)
                 snapshot.end()
-                spans = [snapshot, *invocation.init_spans, *self._drain_sdk()]
+                spans = [snapshot, *invocation.init_spans, *self._drain_finished()]
                 invocation.init_spans = []
                 self._export(spans, self._export_budget_ms(invocation.context))
         except Exception:
             log.warning("coldtail: timeout warning failed", exc_info=True)
 
     def _finish_safely(self, invocation: _Invocation, result, error: BaseException | None):
+        self._leave_api(invocation)
         try:
             self._finish(invocation, result, error)
         except Exception:
@@ -220,28 +296,38 @@ class Instrumentation:
         span = invocation.span
         if invocation.timer is not None:
             invocation.timer.cancel()
-        if self.sdk is not None and invocation.sdk_token is not None:
-            self.sdk.detach(invocation.sdk_token)
         # Waits for a timeout warning export in flight, so the two never interleave.
         with invocation.lock:
             invocation.finished = True
             if error is not None:
                 span.record_exception(error)
+                span.set_attribute("error.type", qualified_name(type(error)))
             else:
                 attributes, server_error = triggers.response_attributes(invocation.trigger, result)
                 span.set_attributes(attributes)
                 if server_error:
-                    code = attributes.get("http.response.status_code")
-                    span.set_status(STATUS_ERROR, f"HTTP {code}")
+                    # The HTTP conventions: the status code tells why, so no description.
+                    span.set_status(STATUS_ERROR)
+                    code = attributes.get("http.response.status_code", "_OTHER")
+                    span.set_attribute("error.type", str(code))
             span.end()
-            spans = [span, *invocation.init_spans, *self._drain_sdk()]
+            spans = [span, *invocation.init_spans, *self._drain_finished()]
             invocation.init_spans = []
-        self._export(spans, self._export_budget_ms(invocation.context))
+        request_id = span.attributes.get("faas.invocation_id", "")
+        self._export(spans, self._export_budget_ms(invocation.context), done=str(request_id))
 
     # --- export --------------------------------------------------------------------------
 
-    def _drain_sdk(self) -> list[Span]:
-        return self.sdk.drain() if self.sdk is not None else []
+    def _drain_finished(self) -> list[Span]:
+        finished, dropped = self.finished.drain()
+        if dropped:
+            log.warning(
+                "coldtail: dropped the %d oldest of the spans that ended between exports "
+                "(at most %d are kept)",
+                dropped,
+                self.finished.capacity,
+            )
+        return finished
 
     def _export_budget_ms(self, context) -> float:
         remaining_ms = _remaining_ms(context)
@@ -250,24 +336,50 @@ class Instrumentation:
             budget = min(budget, remaining_ms - _FREEZE_MARGIN_MS)
         return budget
 
-    def _export(self, spans: list[Span], budget_ms: float) -> None:
+    def _export(
+        self, spans: list[Span], budget_ms: float, final: bool = False, done: str = ""
+    ) -> bool:
+        """Send the kept spans and `spans`; returns whether they went out. `final`: no export
+        follows, so nothing is kept. `done`: the request id of the invocation whose last spans
+        these are."""
+        # Bounded: a flush at shutdown may run in a signal handler on the thread holding the lock.
+        if not self._export_lock.acquire(timeout=max(budget_ms, 0) / 1000):
+            if spans:
+                log.warning(
+                    "coldtail: another export is still running; %d spans dropped", len(spans)
+                )
+            return False
+        try:
+            return self._export_locked(spans, budget_ms, final, done)
+        finally:
+            self._export_lock.release()
+
+    def _export_locked(self, spans: list[Span], budget_ms: float, final: bool, done: str) -> bool:
         from instrumentation.exporter import ExportError
 
-        with self._export_lock:
-            batch, self._retained = self._retained + spans, []
-            if budget_ms <= 0:
+        batch, self._retained = self._retained + spans, []
+        if not batch:
+            return True
+        if budget_ms <= 0:
+            if final:
+                log.warning("coldtail: no time left to export %d spans; dropped", len(batch))
+            else:
                 log.warning("coldtail: no time left to export %d spans; kept", len(batch))
                 self._retain(batch)
-                return
-            try:
-                self.exporter.export(encode_export_request(self.resource, batch), budget_ms / 1000)
-            except ExportError as e:
-                kept = "kept for the next export" if e.retryable else "dropped"
-                log.warning("coldtail: export of %d spans failed (%s): %s", len(batch), kept, e)
-                if e.retryable:
-                    self._retain(batch)
-            except Exception as e:
-                log.warning("coldtail: export of %d spans failed (dropped): %r", len(batch), e)
+            return False
+        try:
+            body = encode_export_request(self.resource, batch)
+            self.exporter.export(body, budget_ms / 1000, invocation_done=done)
+            return True
+        except ExportError as e:
+            keep = e.retryable and not final
+            kept = "kept for the next export" if keep else "dropped"
+            log.warning("coldtail: export of %d spans failed (%s): %s", len(batch), kept, e)
+            if keep:
+                self._retain(batch)
+        except Exception as e:
+            log.warning("coldtail: export of %d spans failed (dropped): %r", len(batch), e)
+        return False
 
     def _retain(self, spans: list[Span]) -> None:
         dropped = len(spans) - MAX_RETAINED_SPANS
@@ -279,11 +391,11 @@ class Instrumentation:
 
 class _Invocation:
     __slots__ = (
+        "api_scope",
         "context",
         "finished",
         "init_spans",
         "lock",
-        "sdk_token",
         "span",
         "timer",
         "trigger",
@@ -295,7 +407,8 @@ class _Invocation:
         self.context = context
         self.init_spans: list[Span] = []
         self.timer: threading.Timer | None = None
-        self.sdk_token = None
+        # What api.activate returned, while the invocation span is the current OTel span.
+        self.api_scope = None
         self.finished = False
         self.lock = threading.Lock()
 

@@ -64,6 +64,7 @@ def _span(span: Span) -> bytes:
         _key(7, _FIXED64) + span.start_ns.to_bytes(8, "little"),
         _key(8, _FIXED64) + span.end_ns.to_bytes(8, "little"),
         _attributes(9, span.attributes),
+        _uint(10, span.dropped_attributes),
     ]
     for event in span.events:
         event_body = (
@@ -71,8 +72,10 @@ def _span(span: Span) -> bytes:
             + event.time_ns.to_bytes(8, "little")
             + _string(2, event.name)
             + _attributes(3, event.attributes)
+            + _uint(4, event.dropped_attributes)
         )
         parts.append(_len_field(11, event_body))
+    parts.append(_uint(12, span.dropped_events))
     for link in span.links:
         context = link.context
         link_body = (
@@ -80,10 +83,12 @@ def _span(span: Span) -> bytes:
             + _bytes(2, context.span_id)
             + _string(3, context.trace_state)
             + _attributes(4, link.attributes)
+            + _uint(5, link.dropped_attributes)
             + _key(6, _FIXED32)
             + _trace_flags(context.sampled, context.remote).to_bytes(4, "little")
         )
         parts.append(_len_field(13, link_body))
+    parts.append(_uint(14, span.dropped_links))
     status = _string(2, span.status_message)
     if span.status_code:
         status += _key(3, _VARINT) + _varint(span.status_code)
@@ -154,6 +159,10 @@ def _key(field: int, wire_type: int) -> bytes:
 
 def _len_field(field: int, payload: bytes) -> bytes:
     return _key(field, _LEN) + _varint(len(payload)) + payload
+
+
+def _uint(field: int, value: int) -> bytes:
+    return _key(field, _VARINT) + _varint(value) if value else b""
 
 
 def _bytes(field: int, value: bytes) -> bytes:

@@ -2,12 +2,14 @@
 
 Ids are W3C trace-context ids: 16-byte trace ids and 8-byte span ids from os.urandom, never all
 zero. Times are Unix epoch nanoseconds. A Span is owned by one thread at a time; the handler hands
-it to the exporter only once it has ended (or as a `snapshot`).
+it to the exporter only once it has ended (or as a `snapshot`). `FinishedSpans` collects the
+spans that end on any thread between two exports.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from instrumentation import __version__
@@ -78,28 +80,38 @@ class SpanContext:
 
 
 class Event:
-    __slots__ = ("attributes", "name", "time_ns")
+    __slots__ = ("attributes", "dropped_attributes", "name", "time_ns")
 
-    def __init__(self, name: str, time_ns: int, attributes: dict | None = None) -> None:
+    def __init__(
+        self, name: str, time_ns: int, attributes: dict | None = None, dropped_attributes: int = 0
+    ) -> None:
         self.name = name
         self.time_ns = time_ns
         self.attributes = attributes or {}
+        self.dropped_attributes = dropped_attributes
 
 
 class Link:
-    __slots__ = ("attributes", "context")
+    __slots__ = ("attributes", "context", "dropped_attributes")
 
-    def __init__(self, context: SpanContext, attributes: dict | None = None) -> None:
+    def __init__(
+        self, context: SpanContext, attributes: dict | None = None, dropped_attributes: int = 0
+    ) -> None:
         self.context = context
         self.attributes = attributes or {}
+        self.dropped_attributes = dropped_attributes
 
 
 class Span:
-    """One span. Attribute values are str, bool, int, float, bytes, or lists of those; None
-    values are not stored."""
+    """One span. Attribute values are what otlp.any_value encodes (str, bool, int, float, bytes,
+    and sequences and str-keyed mappings of those); None values are not stored. The `dropped_*`
+    counts are what the limits of instrumentation.api left out."""
 
     __slots__ = (
         "attributes",
+        "dropped_attributes",
+        "dropped_events",
+        "dropped_links",
         "end_ns",
         "events",
         "kind",
@@ -147,6 +159,9 @@ class Span:
         self.status_code = STATUS_UNSET
         self.status_message = ""
         self.scope = scope
+        self.dropped_attributes = 0
+        self.dropped_events = 0
+        self.dropped_links = 0
 
     @property
     def context(self) -> SpanContext:
@@ -181,7 +196,7 @@ class Span:
         import traceback
 
         attributes = {
-            "exception.type": _qualified_name(type(exc)),
+            "exception.type": qualified_name(type(exc)),
             "exception.message": str(exc),
             "exception.stacktrace": "".join(
                 traceback.format_exception(type(exc), exc, exc.__traceback__)
@@ -209,13 +224,43 @@ class Span:
         copy.status_code = self.status_code
         copy.status_message = self.status_message
         copy.scope = self.scope
+        copy.dropped_attributes = self.dropped_attributes
+        copy.dropped_events = self.dropped_events
+        copy.dropped_links = self.dropped_links
         return copy
 
     def __repr__(self) -> str:
         return f"Span({self.name!r}, {self.trace_id.hex()}/{self.span_id.hex()})"
 
 
-def _qualified_name(cls: type) -> str:
+class FinishedSpans:
+    """Spans that ended, from any thread, waiting for the next export. Holds at most `capacity`:
+    past it the oldest are dropped and counted."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._spans: list[Span] = []
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    def add(self, span: Span) -> None:
+        with self._lock:
+            if len(self._spans) >= self.capacity:
+                del self._spans[0]
+                self._dropped += 1
+            self._spans.append(span)
+
+    def drain(self) -> tuple[list[Span], int]:
+        """The spans held, oldest first, and how many were dropped since the last drain."""
+        with self._lock:
+            spans, self._spans = self._spans, []
+            dropped, self._dropped = self._dropped, 0
+        return spans, dropped
+
+
+def qualified_name(cls: type) -> str:
+    """The semantic conventions' spelling of a type (exception.type, error.type): module and
+    qualified name, without the module for builtins."""
     module = cls.__module__
     if module in ("builtins", "__main__", None):
         return cls.__qualname__

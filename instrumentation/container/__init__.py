@@ -51,7 +51,7 @@ With the sidecar up (ECS stops it after the application, which depends on it) th
 milliseconds; with it unreachable, each export gives up after OTEL_EXPORTER_OTLP_TIMEOUT
 (default 10 s) and the shutdown after 30 s in all (the SDK's bounds).
 
-Everything here logs and carries on: the service starts and serves whatever fails (house rule 6).
+Everything here logs and carries on: the service starts and serves whatever fails.
 """
 
 from __future__ import annotations

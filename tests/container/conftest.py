@@ -55,6 +55,9 @@ class ExportedSpan:
     start_ns: int
     attributes: dict
     events: list[tuple[str, dict]]
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
 
 
 class Sidecar:
@@ -81,6 +84,9 @@ class Sidecar:
                 start_ns=span.start_time_unix_nano,
                 attributes=_attributes(span.attributes),
                 events=[(e.name, _attributes(e.attributes)) for e in span.events],
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                parent_span_id=span.parent_span_id,
             )
             for batch in read_requests(self.out)[Signal.TRACES]
             for rs, _, span in iter_spans(batch)

@@ -73,3 +73,19 @@ def test_sigterm_under_load_loses_no_span_of_a_responded_request(
     assert exit_code == 0, app.log
     assert len(responded) > 5
     assert set(responded) <= {item_of(span) for span in server_spans(sidecar.drain())}
+
+
+def test_the_applications_own_spans_are_children_of_the_request_span(
+    service, sidecar, metadata_endpoint
+):
+    app = start_gunicorn(service, metadata_endpoint().uri)
+    assert app.get("/stock/7") == 200
+    assert app.stop() == 0, app.log
+
+    spans = sidecar.drain()
+    (server,) = server_spans(spans)
+    (own,) = [span for span in spans if span.name == "count stock"]
+    assert server.attributes["http.route"] == "/stock/<int:item>"
+    assert (own.trace_id, own.parent_span_id) == (server.trace_id, server.span_id)
+    assert own.attributes == {"item": 7}
+    assert own.resource == server.resource

@@ -4,6 +4,7 @@ exporter shows what arrived."""
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from collector.testing.process import CollectorProcess, free_port
 ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = ROOT / "instrumentation" / "bin" / "coldtail-instrument"
 EVENTS = ROOT / "tests" / "instrumentation" / "events"
-HANDLER = "tests.instrumentation.functions.app.handler"
+FUNCTIONS = "tests.instrumentation.functions"
+HANDLER = f"{FUNCTIONS}.app.handler"
 
 CONFIG = """
 receivers:
@@ -35,14 +37,19 @@ def event(name: str) -> dict:
     return json.loads((EVENTS / f"{name}.json").read_text())
 
 
-@pytest.fixture
-def collector(tmp_path):
-    port = free_port()
+def collector_process(tmp_path: Path, port: int) -> CollectorProcess:
+    """Not started yet; `port` and `out` (its file) set."""
     out = tmp_path / "spans.jsonl"
     config = tmp_path / "collector.yaml"
     config.write_text(CONFIG.format(port=port, out=out))
-    with CollectorProcess(config) as process:
-        process.port, process.out = port, out
+    process = CollectorProcess(config)
+    process.port, process.out = port, out
+    return process
+
+
+@pytest.fixture
+def collector(tmp_path):
+    with collector_process(tmp_path, free_port()) as process:
         yield process
 
 
@@ -69,14 +76,14 @@ def spans_by_invocation(collector) -> dict[str, list]:
     return grouped
 
 
-def lambda_function(collector, **kwargs) -> LambdaEmulator:
+def lambda_function(collector, handler: str = HANDLER, **kwargs) -> LambdaEmulator:
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
         "COLDTAIL_TIMEOUT_WARNING_MS": "600",
         **kwargs.pop("env", {}),
     }
     return LambdaEmulator(
-        HANDLER,
+        handler,
         ROOT,
         exec_wrapper=WRAPPER,
         layers=[ROOT],
@@ -135,12 +142,11 @@ async def test_error_timeout_and_sqs_links(collector):
     (consumer,) = grouped[batch.request_id]
     assert consumer.kind == 5  # CONSUMER
     assert get_attr(consumer.attributes, "faas.trigger") == "pubsub"
-    # One link per record that carries a trace context (traceparent or AWSTraceHeader).
+    # One link per record with a trace context: its AWSTraceHeader, else its traceparent.
     traced = [
         r
         for r in event("sqs")["Records"]
-        if "traceparent" in r.get("messageAttributes", {})
-        or "AWSTraceHeader" in r.get("attributes", {})
+        if "AWSTraceHeader" in r.get("attributes", {}) or "traceparent" in r["messageAttributes"]
     ]
     assert len(consumer.links) == len(traced) == 2
 
@@ -157,3 +163,53 @@ async def test_provisioned_concurrency_is_not_a_cold_start(collector):
     grouped = await asyncio.to_thread(spans_by_invocation, collector)
     server = next(s for s in grouped[result.request_id] if get_attr(s.attributes, "faas.trigger"))
     assert get_attr(server.attributes, "faas.coldstart") is False
+
+
+async def test_the_handlers_own_api_spans_nest_under_each_invocation(collector):
+    async with lambda_function(collector, f"{FUNCTIONS}.api_app.handler") as fn:
+        results = [await fn.invoke(event("apigw-http")) for _ in range(2)]
+    assert [r.status for r in results] == [Status.SUCCESS] * 2
+    grouped = await asyncio.to_thread(spans_by_invocation, collector)
+
+    for result in results:
+        spans = grouped[result.request_id]
+        server = next(s for s in spans if get_attr(s.attributes, "faas.trigger"))
+        assert get_attr(server.attributes, "order.id") == "o-1"
+        (charge,) = [s for s in spans if s.name == "charge"]
+        (ledger,) = [s for s in spans if s.name == "ledger"]
+        assert charge.parent_span_id == server.span_id
+        assert ledger.parent_span_id == charge.span_id
+        assert charge.trace_id == ledger.trace_id == server.trace_id
+        traceparent = json.loads(result.payload["body"])["traceparent"]
+        assert traceparent == f"00-{ledger.trace_id.hex()}-{ledger.span_id.hex()}-01"
+
+
+async def test_a_function_that_never_uses_opentelemetry_loads_none_of_it(collector):
+    async with lambda_function(collector, f"{FUNCTIONS}.modules_app.handler") as fn:
+        results = [await fn.invoke(event("direct")) for _ in range(2)]
+    assert [r.status for r in results] == [Status.SUCCESS] * 2
+    assert [json.loads(r.payload["body"]) for r in results] == [[], []]
+
+
+async def test_spans_kept_after_a_failed_export_go_out_when_the_environment_shuts_down(tmp_path):
+    # The python3.11 runtime waits for the next invocation in C code on its main thread, where
+    # no Python signal handler runs: the wakeup thread must flush and end the process.
+    collector = collector_process(tmp_path, free_port())
+    async with lambda_function(collector) as fn:
+        result = await fn.invoke(event("direct"))  # its export fails: nothing listens
+        await asyncio.to_thread(collector.start)
+        started = time.monotonic()
+        await fn.shutdown()
+        shutdown_seconds = time.monotonic() - started
+    try:
+        grouped = await asyncio.to_thread(spans_by_invocation, collector)
+    finally:
+        collector.kill()
+
+    assert result.status == Status.SUCCESS
+    logs = "\n".join(line for lines in fn.log_streams.values() for line in lines)
+    assert "kept for the next export" in logs
+    spans = grouped[result.request_id]
+    assert {s.name for s in spans} >= {"orders", "init", "coldtail.import"}
+    # Well before the SIGKILL that would have come 2 s after SIGTERM.
+    assert shutdown_seconds < 1.0

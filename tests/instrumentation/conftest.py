@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from collector.receivers.otlp import Config, OtlpReceiver
 from collector.testing.components import StaticHost, make_settings
 from collector.testing.sinks import SinkConsumer
 
+ROOT = Path(__file__).resolve().parents[2]
 EVENTS = Path(__file__).parent / "events"
 FUNCTIONS = "tests.instrumentation.functions"
 FUNCTION_NAME = "my-function"
@@ -153,3 +155,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_python(code: str, env: dict, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def process_env(lambda_env: dict, **extra: str) -> dict:
+    """This process's environment without OTEL_/COLDTAIL_ variables, with the Lambda variables
+    and `extra`; this checkout (after extra's PYTHONPATH) on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COLDTAIL_"))}
+    env.update(lambda_env)
+    env.update(extra)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (extra.get("PYTHONPATH"), str(ROOT)) if p is not None
+    )
+    return env

@@ -13,7 +13,12 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.testing.backend import self_signed_cert
-from instrumentation.exporter import DEFAULT_ENDPOINT, ExportError, OtlpHttpExporter
+from instrumentation.exporter import (
+    DEFAULT_ENDPOINT,
+    INVOCATION_DONE_HEADER,
+    ExportError,
+    OtlpHttpExporter,
+)
 from instrumentation.otlp import encode_export_request
 from instrumentation.spans import Span
 from tests.instrumentation.conftest import free_port
@@ -133,6 +138,16 @@ def test_keep_alive_and_request_format(scripted):
     assert "Authorization: Bearer t" in lines
     assert "x-a: b" in lines
     assert sent == body
+
+
+def test_an_invocations_last_export_names_it(scripted):
+    server = scripted([OK, OK])
+    exporter = OtlpHttpExporter(f"http://127.0.0.1:{server.port}/v1/traces")
+    exporter.export(request_body(), 2)
+    exporter.export(request_body(), 2, invocation_done="8f5e0a4e-2b1c-4f0e-9d3a-1c2b3a4d5e6f")
+    first, last = (r.partition(b"\r\n\r\n")[0].decode().split("\r\n") for r in server.requests)
+    assert not [line for line in first if line.startswith(INVOCATION_DONE_HEADER)]
+    assert f"{INVOCATION_DONE_HEADER}: 8f5e0a4e-2b1c-4f0e-9d3a-1c2b3a4d5e6f" in last
 
 
 def test_reconnects_once_when_the_kept_alive_connection_was_closed(scripted):

@@ -32,6 +32,8 @@ HTTP_API_TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
 HTTP_API_SPAN = bytes.fromhex("00f067aa0ba902b7")
 XRAY_TRACE = bytes.fromhex("5759e988bd862e3fe1be46a994272793")
 XRAY_SPAN = bytes.fromhex("53995c3f42cd8ad8")
+# The invoked ARN's alias replaced by the version the environment runs.
+RESOURCE_ID = FUNCTION_ARN.rpartition(":")[0] + ":$LATEST"
 SLOW_MODULES = ("app", "slow_dependency", "slower_dependency")
 
 
@@ -63,6 +65,7 @@ TRIGGERS = {
             "user_agent.original": "okhttp 3.0",
             "client.address": "127.0.0.1",
             "network.protocol.version": "1.1",
+            "url.query": "verbose=true",
             "http.response.status_code": 200,
         },
         (W3C_TRACE, W3C_SPAN),
@@ -80,6 +83,7 @@ TRIGGERS = {
             "server.port": 443,
             "user_agent.original": "curl/8.4.0",
             "client.address": "205.255.255.176",
+            "url.query": "expand=true",
             "http.response.status_code": 200,
         },
         (HTTP_API_TRACE, HTTP_API_SPAN),
@@ -95,6 +99,7 @@ TRIGGERS = {
             "server.address": "a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6.lambda-url.us-west-2.on.aws",
             "user_agent.original": "agent",
             "client.address": "123.123.123.123",
+            "url.query": "parameter1=value1&parameter1=value2&parameter2=value",
             "http.response.status_code": 200,
         },
         None,
@@ -110,6 +115,7 @@ TRIGGERS = {
             "server.address": "lambda-alb-123578498.us-east-1.elb.amazonaws.com",
             "server.port": 80,
             "client.address": "72.12.164.125",
+            "url.query": "query=1234ABCD",
             "http.response.status_code": 200,
         },
         None,
@@ -134,7 +140,6 @@ TRIGGERS = {
             "faas.trigger": "pubsub",
             "messaging.system": "aws.sns",
             "messaging.operation.type": "process",
-            "messaging.batch.message_count": 1,
             "messaging.destination.name": "sns-lambda",
             "messaging.message.id": "95df01b4-ee98-5cb9-9903-4c221d41eb5e",
         },
@@ -153,7 +158,7 @@ TRIGGERS = {
     ),
     "dynamodb": (
         FUNCTION_NAME,
-        CONSUMER,
+        SERVER,
         {
             "faas.trigger": "datasource",
             "faas.document.collection": "ExampleTableWithStream",
@@ -163,7 +168,7 @@ TRIGGERS = {
     ),
     "s3": (
         FUNCTION_NAME,
-        CONSUMER,
+        SERVER,
         {
             "faas.trigger": "datasource",
             "faas.document.collection": "amzn-s3-demo-bucket",
@@ -179,6 +184,7 @@ TRIGGERS = {
         {
             "faas.trigger": "pubsub",
             "messaging.system": "aws.eventbridge",
+            "messaging.operation.name": "process",
             "messaging.message.id": "7bf73129-1428-4cd3-a780-95db273d1602",
             "coldtail.eventbridge.source": "aws.ec2",
             "coldtail.eventbridge.detail_type": "EC2 Instance State-change Notification",
@@ -187,7 +193,7 @@ TRIGGERS = {
     ),
     "eventbridge-scheduled": (
         FUNCTION_NAME,
-        CONSUMER,
+        SERVER,
         {
             "faas.trigger": "timer",
             "faas.time": "2015-10-08T16:53:06Z",
@@ -214,7 +220,7 @@ def test_every_trigger_gives_its_invocation_span(lambda_env, collector, fixture)
     for key, value in expected.items():
         assert span.attributes.get(key) == value, key
     assert span.attributes["faas.invocation_id"] == context.aws_request_id
-    assert span.attributes["cloud.resource_id"] == FUNCTION_ARN
+    assert span.attributes["cloud.resource_id"] == RESOURCE_ID
     assert span.attributes["aws.lambda.invoked_arn"] == FUNCTION_ARN
     assert span.attributes["cloud.account.id"] == "123456789012"
     if "http.route" not in expected:
@@ -227,15 +233,17 @@ def test_every_trigger_gives_its_invocation_span(lambda_env, collector, fixture)
     assert span.end_time_unix_nano >= span.start_time_unix_nano > 0
 
 
-def test_sqs_records_become_links_from_traceparent_or_aws_trace_header(lambda_env, collector):
+def test_sqs_records_become_links_from_aws_trace_header_else_traceparent(lambda_env, collector):
     load_app()(load_event("sqs"), make_context())
 
     [span] = invocation_spans(collector)
-    links = {(link.trace_id, link.span_id): link for link in span.links}
-    assert set(links) == {(XRAY_TRACE, XRAY_SPAN), (HTTP_API_TRACE, HTTP_API_SPAN)}
-    xray_link = links[XRAY_TRACE, XRAY_SPAN]
-    assert xray_link.attributes[0].value.string_value == "059f36b4-87a3-44ab-83d2-661975830a7d"
-    assert xray_link.flags & 0x1  # Sampled=1
+    # The first record carries an AWSTraceHeader, the second a traceparent message attribute
+    # only, the third neither.
+    xray, w3c = span.links
+    assert (xray.trace_id, xray.span_id) == (XRAY_TRACE, XRAY_SPAN)
+    assert xray.attributes[0].value.string_value == "059f36b4-87a3-44ab-83d2-661975830a7d"
+    assert xray.flags & 0x1  # Sampled=1
+    assert w3c.trace_id == bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
 
 
 def test_sns_link_keeps_the_unsampled_flag(lambda_env, collector):
@@ -287,6 +295,9 @@ def test_http_5xx_response_is_an_error(lambda_env, collector, status):
     [span] = invocation_spans(collector)
     assert span.attributes["http.response.status_code"] == status
     assert span.status.code == ERROR
+    # The HTTP conventions: the status code says why, in error.type and not in a description.
+    assert span.attributes["error.type"] == str(status)
+    assert span.status.message == ""
 
 
 def test_http_4xx_response_is_not_a_server_error(lambda_env, collector):
@@ -295,6 +306,7 @@ def test_http_4xx_response_is_not_a_server_error(lambda_env, collector):
     [span] = invocation_spans(collector)
     assert span.attributes["http.response.status_code"] == 404
     assert span.status.code != ERROR
+    assert "error.type" not in span.attributes
 
 
 # --- cold starts ---------------------------------------------------------------------------
@@ -440,6 +452,7 @@ def test_exception_is_recorded_and_the_same_object_reraised(lambda_env, collecto
     assert event_attributes["exception.message"] == "boom"
     assert 'raise HandlerError(event["raise"])' in event_attributes["exception.stacktrace"]
     assert span.attributes["exception.type"] == error_type
+    assert span.attributes["error.type"] == error_type
     assert span.attributes["exception.stacktrace"] == event_attributes["exception.stacktrace"]
 
 

@@ -159,6 +159,25 @@ def test_encoding_matches_the_reference_serialisation():
     assert ExportTraceServiceRequest.FromString(body).SerializeToString() == body
 
 
+def test_dropped_counts_match_the_reference_serialisation():
+    span = Span("s", start_ns=1, trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+    span.add_event("e", {"k": 1}, time_ns=3)
+    span.events[0].dropped_attributes = 4
+    span.add_link(SpanContext(b"\x03" * 16, b"\x04" * 8), {"l": True})
+    span.links[0].dropped_attributes = 5
+    span.dropped_attributes, span.dropped_events, span.dropped_links = 1, 2, 3
+    span.end(2)
+    body = encode_export_request({}, [span])
+
+    request = ExportTraceServiceRequest.FromString(body)
+    assert request.SerializeToString() == body
+    decoded = request.resource_spans[0].scope_spans[0].spans[0]
+    assert (decoded.dropped_attributes_count, decoded.dropped_events_count) == (1, 2)
+    assert decoded.dropped_links_count == 3
+    assert decoded.events[0].dropped_attributes_count == 4
+    assert decoded.links[0].dropped_attributes_count == 5
+
+
 def test_empty_batch_and_empty_resource():
     request = ExportTraceServiceRequest.FromString(encode_export_request({}, []))
     [resource_spans] = request.resource_spans

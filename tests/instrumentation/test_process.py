@@ -1,21 +1,24 @@
 """Fresh processes: what importing the handler module loads, the module-level bootstrap the
-runtime uses, the OTel SDK bridge with a library instrumentor found by entry point, and the
-exec wrapper script."""
+runtime uses, a library instrumentor found by entry point, and the exec wrapper script."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.instrumentation.conftest import FUNCTION_ARN, FUNCTIONS
+from tests.instrumentation.conftest import (
+    FUNCTION_ARN,
+    FUNCTIONS,
+    ROOT,
+    process_env,
+    run_python,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = ROOT / "instrumentation" / "bin" / "coldtail-instrument"
 HEAVY_MODULES = ("opentelemetry", "google.protobuf", "http.client", "urllib.request", "ssl")
 
@@ -69,28 +72,6 @@ import fake_library
 def handler(event, context):
     return {"statusCode": 200, "body": fake_library.call()}
 """
-
-
-def run_python(code: str, env: dict, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def process_env(lambda_env: dict, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COLDTAIL_"))}
-    env.update(lambda_env)
-    env.update(extra)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (extra.get("PYTHONPATH"), str(ROOT)) if p is not None
-    )
-    return env
 
 
 def test_importing_the_handler_loads_no_heavy_module(lambda_env):
@@ -181,7 +162,7 @@ def test_disabled_instrumentations_win(lambda_env, collector, fake_instrumentati
     assert json.loads(result.stdout) == []
 
 
-def test_enabled_instrumentations_load_the_sdk(lambda_env, fake_instrumentation):
+def test_enabled_instrumentations_load_the_api_and_never_the_sdk(lambda_env, fake_instrumentation):
     env = process_env(
         lambda_env,
         PYTHONPATH=str(fake_instrumentation),
@@ -191,7 +172,9 @@ def test_enabled_instrumentations_load_the_sdk(lambda_env, fake_instrumentation)
     result = run_python(CHECK_IMPORTS, env)
 
     assert result.returncode == 0, result.stderr
-    assert "opentelemetry.sdk.trace" in json.loads(result.stdout)
+    loaded = json.loads(result.stdout)
+    assert "opentelemetry.trace" in loaded
+    assert not [m for m in loaded if m.startswith("opentelemetry.sdk")]
 
 
 # --- the exec wrapper ----------------------------------------------------------------------

@@ -3,8 +3,10 @@
 import time
 
 from flask import Flask
+from opentelemetry import trace
 
 app = Flask(__name__)
+tracer = trace.get_tracer("checkout")
 
 
 @app.get("/items/<int:item>")
@@ -16,3 +18,10 @@ def get_item(item: int):
 @app.get("/boom")
 def boom():
     raise RuntimeError("card declined")
+
+
+@app.get("/stock/<int:item>")
+def stock(item: int):
+    with tracer.start_as_current_span("count stock") as span:
+        span.set_attribute("item", item)
+        return {"item": item, "stock": 3}
