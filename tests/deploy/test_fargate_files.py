@@ -5,10 +5,12 @@ import shlex
 import subprocess
 import sys
 import threading
+import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from gunicorn.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 FARGATE = ROOT / "deploy" / "fargate"
@@ -138,6 +140,75 @@ def test_app_waits_for_a_healthy_sidecar_and_exports_to_it():
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
     assert env["OTEL_SERVICE_NAME"]
     assert env["OTEL_PYTHON_ENABLED_INSTRUMENTATIONS"]
+
+
+def gunicorn_config(argv: list[str]) -> tuple[Config, list[str]]:
+    """gunicorn's settings and positional arguments for `argv`, read by its own parser."""
+    config = Config()
+    parsed = config.parser().parse_args(argv)
+    for name, value in vars(parsed).items():
+        if value is not None and name != "args":
+            config.set(name, value)
+    return config, parsed.args
+
+
+def test_app_is_started_through_coldtail_instrument():
+    app = containers()["app"]
+    # No entryPoint: the image's own would otherwise run first. command replaces its CMD.
+    assert "entryPoint" not in app
+    wrapper, *command = app["command"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert wrapper == "coldtail-instrument" and wrapper in scripts
+    assert command[0] == "gunicorn"
+    config, positional = gunicorn_config(command[1:])
+    assert positional == ["app:app"]
+    (port,) = [mapping["containerPort"] for mapping in app["portMappings"]]
+    assert config.bind == [f"0.0.0.0:{port}"]
+    # The workers' graceful stop, then the span flush, fit before ECS's SIGKILL.
+    assert config.graceful_timeout < app["stopTimeout"]
+
+
+def test_a_crashed_sidecar_is_restarted_without_stopping_the_task():
+    sidecar = containers()["coldtail"]
+    assert sidecar["essential"] is True  # a task that cannot start its sidecar stops
+    policy = sidecar["restartPolicy"]
+    assert policy["enabled"] is True
+    assert 0 in policy["ignoredExitCodes"]  # a drained stop is not a crash
+    assert 60 <= policy["restartAttemptPeriod"] <= 1800  # ECS's bounds
+
+
+def cloudformation_names(value, key: str = ""):
+    """A task definition in ECS's JSON as CloudFormation names it: each key with a capital
+    first letter, but for the free-form keys of logConfiguration.options."""
+    if isinstance(value, dict) and key != "options":
+        return {k[0].upper() + k[1:]: cloudformation_names(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cloudformation_names(v) for v in value]
+    return value
+
+
+def test_task_definition_is_valid_by_the_ecs_resource_schema(tmp_path):
+    template = tmp_path / "task.json"
+    template.write_text(
+        json.dumps(
+            {
+                "AWSTemplateFormatVersion": "2010-09-09",
+                "Resources": {
+                    "Task": {
+                        "Type": "AWS::ECS::TaskDefinition",
+                        "Properties": cloudformation_names(task_definition()),
+                    }
+                },
+            }
+        )
+    )
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", str(template)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_sidecar_matches_the_image():
