@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test-servers run test lint bench layer clean
+.PHONY: install test-servers lambda-runtimes run test lint bench layer clean
 
 install: $(STAMP)
 
@@ -21,6 +21,21 @@ test-servers:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
 		>/dev/null; } || echo "prometheus could not be installed: its tests will be skipped"
 
+# The Python runtimes the layer claims, for the emulator: one venv per pyenv interpreter with the
+# runtime client (awslambdaric) and the OpenTelemetry API. Their tests skip where pyenv lacks one.
+LAMBDA_PYTHONS ?= 3.12 3.13
+lambda-runtimes:
+	@for v in $(LAMBDA_PYTHONS); do \
+		venv=.venv-lambda/python$$v; \
+		python=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python3 2>/dev/null | tail -1); \
+		if [ -z "$$python" ]; then echo "no CPython $$v in pyenv: its runtime tests will be skipped"; \
+		elif [ ! -f $$venv/.installed ]; then \
+			$$python -m venv $$venv && \
+			$$venv/bin/python -m pip install --quiet awslambdaric opentelemetry-api && \
+			touch $$venv/.installed; \
+		fi; \
+	done
+
 run: install
 	$(BIN)/coldtail run --config config/default.yaml
 
@@ -28,16 +43,19 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint test-servers
+test: lint test-servers lambda-runtimes
 	$(BIN)/pytest -q
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
-# dist/coldtail-layer.zip: the Lambda layer (instrumentation, exec wrapper, extension).
+# dist/coldtail-layer-<runtime>-<arch>.zip: the Lambda layer (instrumentation, exec wrapper,
+# extension) for each runtime and architecture; e.g. `make layer RUNTIMES=python3.13 ARCHS=arm64`.
+RUNTIMES ?= python3.12 python3.13 python3.14
+ARCHS ?= x86_64 arm64
 layer: install
-	$(BIN)/python deploy/lambda/build_layer.py
+	$(BIN)/python deploy/lambda/build_layer.py --runtimes $(RUNTIMES) --archs $(ARCHS)
 
 clean:
-	rm -rf $(VENV) data dist build *.egg-info
+	rm -rf $(VENV) .venv-lambda data dist build *.egg-info

@@ -108,7 +108,7 @@ def cmd_components(_args) -> int:
 
 
 def cmd_lambda_extension(_args) -> int:
-    from collector.lambda_extension import main as extension
+    from collector.lambda_extension.extension import main as extension
 
     return extension()
 

@@ -2,7 +2,8 @@
 2022-12-13) as spans, FaaS metrics, logs and init reports for the coldstart processor.
 
 It is an HTTP listener to which Lambda POSTs JSON arrays of events once the Lambda extension
-has subscribed it (see `subscription`). Each delivered array is handled in one go and answered
+has subscribed it (collector.lambda_extension, which subscribes with the destination Lambda
+requires, `http://sandbox.localdomain:PORT`). Each delivered array is handled in one go and answered
 200 once its data has been pushed into the pipelines, so after a POST returns its data is in the
 pipelines. A pipeline refusal is counted and logged, not answered: redelivery would count the
 events twice.
@@ -24,13 +25,15 @@ request's spans reach the coldstart processor, and the extension waits for telem
 due before it flushes the pipeline ahead of a freeze.
 
 Synthetic spans. A `platform.runtimeDone` with status `timeout` or `failure` (the runtime was
-killed or crashed) becomes an invocation span, because the function's own span can never have
-been exported after the handler; at most the instrumentation's timeout warning snapshot was.
+killed or crashed), or such a `platform.report` of an invocation whose runtimeDone never came
+(a runtime that died mid-invocation may not get one), becomes an invocation span, because the
+function's own span can never have been exported after the handler; at most the
+instrumentation's timeout warning snapshot was.
 Status `error` (the handler raised) does not: the instrumentation exported that span. The span
 is kind SERVER, named after the function, with `faas.invocation_id`, `coldtail.synthetic=true`,
 `coldtail.timeout=true` for a timeout, `error.type` from the record's errorType, and status
 ERROR with the status as message. It runs from the request's `platform.start` for the
-runtimeDone's durationMs. Its trace id and parent come from the X-Ray trace header in
+event's durationMs. Its trace id and parent come from the X-Ray trace header in
 `tracing`, else the trace id is random. Its span id is derived from the request id alone
 (`synthetic_span_id`: the first 8 bytes of SHA-256 of the UTF-8 request id), so every producer
 using the same derivation names the same span, and duplicates can be dropped by span id.
@@ -58,7 +61,6 @@ faas.instance; then the configured `resource` over them.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import hashlib
 import json
@@ -96,7 +98,6 @@ from collector.processors.coldstart import (
     normalize_init_type,
 )
 
-SCHEMA_VERSION = "2022-12-13"
 # The instrumentation scope of everything this receiver makes.
 SCOPE_NAME = "coldtail/lambda_telemetry"
 
@@ -165,9 +166,10 @@ class BufferingConfig(ComponentConfig):
 
 
 class Config(ComponentConfig):
-    endpoint: ListenEndpoint = "127.0.0.1:4325"
-    """host:port to listen on for Telemetry API deliveries. Default 127.0.0.1:4325 (local only);
-    in Lambda use sandbox.localdomain:4325, the address Lambda delivers to; port 0 picks a free
+    endpoint: ListenEndpoint = Field(default_factory=lambda: default_endpoint(os.environ))
+    """host:port to listen on for Telemetry API deliveries. Default: inside Lambda (where
+    AWS_LAMBDA_RUNTIME_API is set) sandbox.localdomain:4325, since Lambda delivers only to
+    http://sandbox.localdomain:PORT; elsewhere 127.0.0.1:4325 (local only). Port 0 picks a free
     port."""
 
     max_request_body_size: int = Field(_DEFAULT_MAX_REQUEST_BODY_SIZE, gt=0)
@@ -213,6 +215,12 @@ class Config(ComponentConfig):
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def default_endpoint(environ: Mapping[str, str]) -> str:
+    """Where the receiver listens unless configured: in Lambda, the name Lambda delivers to."""
+    host = "sandbox.localdomain" if environ.get("AWS_LAMBDA_RUNTIME_API") else "127.0.0.1"
+    return f"{host}:4325"
 
 
 def synthetic_span_id(request_id: str) -> bytes:
@@ -419,9 +427,8 @@ class LambdaTelemetryReceiver:
         self._reports = init_reports(settings.telemetry)
         self._init_type = ON_DEMAND  # from the last platform.initStart
         self._starts: OrderedDict[str, _Start] = OrderedDict()
-        # Request ids whose platform.runtimeDone was delivered, for wait_runtime_done.
-        self._done: OrderedDict[str, None] = OrderedDict()
-        self._delivered = asyncio.Event()
+        # Request ids whose runtimeDone was seen: their report makes no second span.
+        self._runtime_done: OrderedDict[str, None] = OrderedDict()
         self._metrics = _FaasMetrics(time.time_ns())
         self._runner: web.AppRunner | None = None
         telemetry, receiver = settings.telemetry, str(settings.id)
@@ -462,40 +469,6 @@ class LambdaTelemetryReceiver:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
-    def subscription(self, destination_host: str) -> dict:
-        """The Telemetry API subscribe request body (PUT /2022-07-01/telemetry) delivering to
-        this receiver at `destination_host` (sandbox.localdomain in Lambda). The port is the
-        bound one after start, else the configured one (RuntimeError for port 0 before
-        start)."""
-        port = int((self.endpoint or self.config.endpoint).rpartition(":")[2])
-        if port == 0:
-            raise RuntimeError("the receiver picks its port at start: start it first")
-        buffering = self.config.buffering
-        return {
-            "schemaVersion": SCHEMA_VERSION,
-            "destination": {"protocol": "HTTP", "URI": f"http://{destination_host}:{port}"},
-            "types": list(self.config.types),
-            "buffering": {
-                "maxItems": buffering.max_items,
-                "maxBytes": buffering.max_bytes,
-                "timeoutMs": buffering.timeout_ms,
-            },
-        }
-
-    async def wait_runtime_done(self, request_id: str, timeout: float) -> bool:
-        """Wait until the `platform.runtimeDone` of `request_id` has been delivered and its data
-        pushed into the pipelines; False when `timeout` (seconds) ran out first. The Lambda
-        extension waits for it before flushing: by then the function has handed over its
-        spans."""
-        try:
-            async with asyncio.timeout(timeout):
-                while request_id not in self._done:
-                    self._delivered.clear()
-                    await self._delivered.wait()
-        except TimeoutError:
-            return False
-        return True
-
     # --- delivery -----------------------------------------------------------------------------
 
     async def _deliver(self, request: web.Request) -> web.Response:
@@ -520,7 +493,6 @@ class LambdaTelemetryReceiver:
             await self._push(
                 Signal.LOGS, build_batch(Signal.LOGS, resource, SCOPE_NAME, delivery.log_records)
             )
-        self._delivered.set()
         return web.Response()
 
     def _handle(self, event: dict, delivery: _Delivery) -> None:
@@ -580,16 +552,23 @@ class LambdaTelemetryReceiver:
 
     def _on_runtime_done(self, time_ns: int, record: dict, delivery: _Delivery) -> None:
         request_id = _string(record, "requestId")
-        start = self._starts.pop(request_id, None)
         if request_id:
-            self._done[request_id] = None
-            if len(self._done) > _MAX_PENDING_STARTS:
-                self._done.popitem(last=False)
+            self._runtime_done[request_id] = None
+            if len(self._runtime_done) > _MAX_PENDING_STARTS:
+                self._runtime_done.popitem(last=False)
+        self._span_if_lost(time_ns, record, delivery)
+
+    def _span_if_lost(self, time_ns: int, record: dict, delivery: _Delivery) -> None:
+        request_id = _string(record, "requestId")
+        start = self._starts.pop(request_id, None)
         status = _string(record, "status")
         if request_id and status in _SPAN_LOST and Signal.TRACES in self.next:
             delivery.spans.append(self._synthetic_span(request_id, status, time_ns, record, start))
 
-    def _on_report(self, _time_ns: int, record: dict, _delivery: _Delivery) -> None:
+    def _on_report(self, time_ns: int, record: dict, delivery: _Delivery) -> None:
+        if _string(record, "requestId") not in self._runtime_done:
+            # Lambda may end an invocation whose runtime died without a runtimeDone.
+            self._span_if_lost(time_ns, record, delivery)
         status = _string(record, "status") or "success"
         if status == _TIMEOUT:
             self._metrics.add("faas.timeouts")

@@ -3,7 +3,6 @@ shaped as AWS documents them, POSTed by an aiohttp client."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -222,6 +221,19 @@ async def test_timeout_becomes_a_synthetic_invocation_span(serve, http):
         "coldtail.synthetic": True,
         "coldtail.timeout": True,
     }
+
+
+async def test_a_failed_report_without_runtime_done_still_becomes_one_span(serve, http):
+    """A runtime that died mid-invocation may get no runtimeDone: its report stands in."""
+    receiver = await serve(sinks())
+    failed = [e for e in json.loads(events("failure")) if e["type"] != "platform.runtimeDone"]
+    await post(http, receiver, json.dumps(failed).encode())
+    (span,) = spans_of(receiver.next[Signal.TRACES])
+    assert span.span_id == hashlib.sha256(FAILED_REQUEST.encode()).digest()[:8]
+    assert (span.status.code, span.status.message) == (Status.STATUS_CODE_ERROR, "failure")
+    assert span.start_time_unix_nano == ns("2022-10-12T00:02:00.000Z")
+    assert span.end_time_unix_nano == ns("2022-10-12T00:02:00.250Z")
+    assert attrs(span.attributes)["error.type"] == "Runtime.ExitError"
 
 
 async def test_failure_becomes_an_error_span_and_a_handler_error_does_not(serve, http):
@@ -490,29 +502,6 @@ async def test_own_metrics_count_accepted_and_refused_items(serve, http):
     assert accepted(receiver, Signal.METRICS) == 0
 
 
-async def test_subscription_is_the_documented_subscribe_request(serve):
-    receiver = await serve(sinks(), types=["platform", "function", "extension"])
-    port = int(receiver.endpoint.rpartition(":")[2])
-    assert receiver.endpoint == f"127.0.0.1:{port}" and port > 0
-    assert receiver.subscription("sandbox.localdomain") == {
-        "schemaVersion": "2022-12-13",
-        "destination": {"protocol": "HTTP", "URI": f"http://sandbox.localdomain:{port}"},
-        "types": ["platform", "function", "extension"],
-        "buffering": {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},
-    }
-
-
-def test_subscription_before_start_uses_the_configured_port():
-    settings = make_settings(Kind.RECEIVER, "lambda_telemetry")
-    receiver = LambdaTelemetryReceiver(settings, Config(), sinks())
-    subscription = receiver.subscription("sandbox.localdomain")
-    assert subscription["destination"]["URI"] == "http://sandbox.localdomain:4325"
-    assert subscription["types"] == ["platform", "function"]
-    unbound = LambdaTelemetryReceiver(settings, Config(endpoint="127.0.0.1:0"), sinks())
-    with pytest.raises(RuntimeError, match="start it first"):
-        unbound.subscription("sandbox.localdomain")
-
-
 async def test_resource_from_config_over_the_environment(serve, http, monkeypatch):
     monkeypatch.setenv("OTEL_SERVICE_NAME", "orders-api")
     receiver = await serve(
@@ -540,7 +529,8 @@ async def test_shutdown_is_idempotent_and_safe_without_start():
 CONFIGS = yaml.safe_load((TESTDATA / "lambda_telemetry_config.yaml").read_text())
 
 
-def test_config_defaults():
+def test_config_defaults(monkeypatch):
+    monkeypatch.delenv("AWS_LAMBDA_RUNTIME_API", raising=False)
     config = Config()
     assert config.endpoint == "127.0.0.1:4325"
     assert config.max_request_body_size == 4 * MIB
@@ -550,16 +540,12 @@ def test_config_defaults():
     assert (config.faas_instance, config.resource) == ("", {})
 
 
+def test_inside_lambda_the_default_endpoint_is_where_lambda_delivers(monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")
+    assert Config().endpoint == "sandbox.localdomain:4325"
+
+
 def test_every_config_field_is_documented():
     for model in (Config, Config.model_fields["buffering"].annotation):
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name} has no docstring"
-
-
-async def test_wait_runtime_done_returns_once_the_invocation_is_delivered(serve, http):
-    receiver = await serve(sinks())
-    request_id = "6d68ca91-49c9-448d-89b8-7ca3e6dc66aa"
-    assert not await receiver.wait_runtime_done(request_id, timeout=0.05)
-    waiter = asyncio.create_task(receiver.wait_runtime_done(request_id, timeout=5))
-    await post(http, receiver, events("cold_invocation"))
-    assert await waiter

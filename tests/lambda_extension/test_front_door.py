@@ -1,6 +1,6 @@
 """The Lambda extension's front door: immediate answers over real sockets, the bounded FIFO
-queue, runtimeDone detection, and the forwarder handing the queue, in order, to a real otlp
-receiver; and the plan that moves the receivers behind it."""
+queue, runtimeDone and hand-over detection, and the forwarder handing the queue, in order, to a
+real otlp receiver."""
 
 from __future__ import annotations
 
@@ -9,21 +9,22 @@ import gzip
 import http.client
 import json
 import socket
+import time
 
 import pytest
 
 from collector import otlpjson
 from collector.component import Signal
-from collector.lambda_extension import (
-    OTLP_DEFAULT_PATHS,
-    OTLP_HTTP_DEFAULT_ENDPOINT,
-    PRIVATE_ENDPOINT,
-    TELEMETRY_DEFAULT_BUFFERING,
-    TELEMETRY_DEFAULT_ENDPOINT,
-    TELEMETRY_DEFAULT_TYPES,
-    plan,
+from collector.lambda_extension.forwarder import Forwarder
+from collector.lambda_extension.front_door import (
+    INVOCATION_DONE_HEADER,
+    OTLP,
+    TELEMETRY,
+    Delivery,
+    FrontDoor,
 )
-from collector.lambda_front_door import OTLP, TELEMETRY, Delivery, Forwarder, FrontDoor, request
+from collector.lambda_extension.http11 import request
+from collector.lambda_extension.plan import PRIVATE_ENDPOINT
 from collector.pdata import get_attr, iter_spans
 from collector.receivers import lambda_telemetry, otlp
 from collector.testing.builders import make_traces
@@ -119,6 +120,43 @@ def test_runtime_done_is_noted_from_telemetry_deliveries(front_door):
     assert front_door.last_seq == 3
 
 
+def test_an_invocation_is_over_once_its_spans_are_handed_over_or_runtime_done_arrived(
+    front_door,
+):
+    otlp_endpoint = front_door.listen("otlp", OTLP, "127.0.0.1:0", PATHS)
+    telemetry_endpoint = front_door.listen("lambda_telemetry", TELEMETRY, "127.0.0.1:0")
+    assert not front_door.hands_over
+    headers = {"Content-Type": PROTOBUF}
+    # A timeout warning's snapshot, say: spans of r-1, but not its last.
+    post(otlp_endpoint, "/v1/traces", traces_body("a"), headers)
+    assert not front_door.wait_invocation_over("r-1", 0.05)
+    post(otlp_endpoint, "/v1/traces", traces_body("b"), {**headers, INVOCATION_DONE_HEADER: "r-1"})
+    assert front_door.wait_invocation_over("r-1", 1)
+    assert front_door.hands_over
+    # Handed over is not Lambda's report of the invocation.
+    assert not front_door.wait_runtime_done("r-1", 0.05)
+    done = [{"type": "platform.runtimeDone", "record": {"requestId": "r-2", "status": "failure"}}]
+    post(telemetry_endpoint, "/", json.dumps(done).encode(), {"Content-Type": JSON})
+    assert front_door.wait_invocation_over("r-2", 1)
+
+
+def test_the_instrumentation_and_the_front_door_name_the_same_header():
+    from instrumentation import exporter
+
+    assert exporter.INVOCATION_DONE_HEADER == INVOCATION_DONE_HEADER
+
+
+def test_unflushed_age_counts_from_the_oldest_delivery_since_the_last_flush(front_door):
+    endpoint = front_door.listen("otlp", OTLP, "127.0.0.1:0", PATHS)
+    assert front_door.unflushed_age() == 0.0
+    post(endpoint, "/v1/traces", traces_body("a"), {"Content-Type": PROTOBUF})
+    time.sleep(0.05)
+    post(endpoint, "/v1/traces", traces_body("b"), {"Content-Type": PROTOBUF})
+    assert front_door.unflushed_age() >= 0.05
+    front_door.flushing()
+    assert front_door.unflushed_age() == 0.0
+
+
 def test_past_the_cap_requests_get_503_with_retry_after_and_nothing_is_queued():
     front_door = FrontDoor(max_queued_bytes=1000)
     try:
@@ -129,6 +167,7 @@ def test_past_the_cap_requests_get_503_with_retry_after_and_nothing_is_queued():
         # Bigger than the whole cap: never acceptable.
         assert post(endpoint, "/v1/traces", b"z" * 1001, {"Content-Type": PROTOBUF})[0] == 413
         assert (front_door.last_seq, front_door.queued_bytes) == (1, 600)
+        assert front_door.refused == 1
         # Once forwarded, the room is back.
         front_door.forwarded(front_door.take(1))
         assert post(endpoint, "/v1/traces", b"y" * 600, {"Content-Type": PROTOBUF})[0] == 200
@@ -202,7 +241,6 @@ async def test_forwarder_feeds_the_telemetry_receiver_and_drops_what_it_refuses(
         assert forwarder.dropped == 1  # the receiver's 400
         (span,) = [span for batch in sink.batches for _, _, span in iter_spans(batch)]
         assert get_attr(span.attributes, "coldtail.timeout") is True
-        assert await receiver.wait_runtime_done("r-1", 0)
     finally:
         forwarder.stop()
         front_door.close()
@@ -219,68 +257,3 @@ def test_without_a_collector_the_forwarder_drops_so_the_queue_stays_bounded(fron
         assert (forwarder.dropped, front_door.queued_bytes) == (3, 0)
     finally:
         forwarder.stop()
-
-
-def test_plan_moves_the_used_receivers_behind_the_front_door():
-    raw = {
-        "receivers": {
-            "otlp": {"protocols": {"http": None, "grpc": {"endpoint": "127.0.0.1:4317"}}},
-            "otlp/unused": {"protocols": {"http": {"endpoint": "127.0.0.1:9999"}}},
-            "lambda_telemetry": {"endpoint": "sandbox.localdomain:4325", "types": ["platform"]},
-            "lambda_telemetry/b": {"buffering": {"timeout_ms": 100}},
-        },
-        "service": {
-            "pipelines": {
-                "traces": {"receivers": ["otlp", "lambda_telemetry"]},
-                "logs": {"receivers": ["lambda_telemetry/b"]},
-            }
-        },
-    }
-    listeners, rewritten = plan(raw)
-    by_name = {listener.name: listener for listener in listeners}
-    assert sorted(by_name) == ["lambda_telemetry", "lambda_telemetry/b", "otlp"]
-    assert by_name["otlp"].endpoint == OTLP_HTTP_DEFAULT_ENDPOINT
-    assert by_name["otlp"].paths == PATHS
-    assert by_name["lambda_telemetry"].endpoint == "sandbox.localdomain:4325"
-    assert by_name["lambda_telemetry"].subscription == {
-        "schemaVersion": "2022-12-13",
-        "types": ["platform"],
-        "buffering": {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},
-    }
-    assert by_name["lambda_telemetry/b"].endpoint == TELEMETRY_DEFAULT_ENDPOINT
-    assert by_name["lambda_telemetry/b"].subscription["buffering"]["timeoutMs"] == 100
-    receivers = rewritten["receivers"]
-    assert receivers["otlp"]["protocols"] == {
-        "http": {"endpoint": PRIVATE_ENDPOINT},
-        "grpc": {"endpoint": "127.0.0.1:4317"},
-    }
-    assert receivers["otlp/unused"] == raw["receivers"]["otlp/unused"]
-    assert receivers["lambda_telemetry"]["endpoint"] == PRIVATE_ENDPOINT
-    assert receivers["lambda_telemetry"]["types"] == ["platform"]
-    assert receivers["lambda_telemetry/b"]["endpoint"] == PRIVATE_ENDPOINT
-    # The input is left as it was.
-    assert raw["receivers"]["otlp"]["protocols"]["http"] is None
-
-
-def test_plan_defaults_are_the_receivers_defaults():
-    """The plan reads the raw config before the receivers' modules are imported: its copies of
-    their defaults must match, and so must the subscription it builds."""
-    telemetry = lambda_telemetry.Config()
-    assert telemetry.endpoint == TELEMETRY_DEFAULT_ENDPOINT
-    assert tuple(telemetry.types) == TELEMETRY_DEFAULT_TYPES
-    assert telemetry.buffering.model_dump() == TELEMETRY_DEFAULT_BUFFERING
-    http = otlp.HttpConfig()
-    assert http.endpoint == OTLP_HTTP_DEFAULT_ENDPOINT
-    assert {key: getattr(http, key) for key in OTLP_DEFAULT_PATHS} == OTLP_DEFAULT_PATHS
-    (listener,), _ = plan(
-        {
-            "receivers": {"lambda_telemetry": {"endpoint": "127.0.0.1:4325"}},
-            "service": {"pipelines": {"logs": {"receivers": ["lambda_telemetry"]}}},
-        }
-    )
-    receiver = lambda_telemetry.LambdaTelemetryReceiver(
-        make_settings("receiver", "lambda_telemetry"), telemetry, {}
-    )
-    expected = receiver.subscription("127.0.0.1")
-    del expected["destination"]
-    assert listener.subscription == expected
