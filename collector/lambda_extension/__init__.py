@@ -19,13 +19,14 @@ Extensions API (2020-01-01):
 4. Ask for the first event: init is over. Meanwhile the `pipelines` load in a background thread
    and start on their own event loop; the `forwarder` then replays the queue, in order, to the
    real receivers, and keeps doing so.
-5. For each INVOKE: wait until the invocation's spans are in hand (the instrumentation marks the
-   last request of an invocation; else Lambda's platform.runtimeDone says the runtime is done),
-   and, after the environment's first invocation, until the pipelines run; then flush as
-   COLDTAIL_FLUSH says (`flushing`; by default in the background, after asking for the next
-   event) and ask for the next event.
+5. For each INVOKE: on the environment's first, wait until the pipelines run (their loading
+   would otherwise slow the next invocations down); then flush as COLDTAIL_FLUSH
+   says (`flushing`: by default in the background, after asking for the next event at once,
+   since the function's spans reach the front door before it responds and wait there through
+   a freeze) and ask for the next event.
 6. On SHUTDOWN: drain everything into the backends, stop the pipelines within its deadline
-   (Lambda gives extensions 2 s in all), close the front door and exit.
+   (Lambda gives extensions 2 s in all), close the front door and exit. An invocation that
+   Lambda ended (failure, timeout) without a trace of it gets a synthetic span first.
 
 The extension never fails the function or holds it because of itself: a config that cannot be
 read or planned, an address in use, a refused Telemetry API subscription, pipelines that fail

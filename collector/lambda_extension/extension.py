@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from datetime import UTC, datetime
 
 from collector.lambda_extension import say
 from collector.lambda_extension.flushing import Flusher, Strategy, parse_strategy
 from collector.lambda_extension.forwarder import Forwarder
-from collector.lambda_extension.front_door import TELEMETRY, FrontDoor
+from collector.lambda_extension.front_door import TELEMETRY, Delivery, FrontDoor
 from collector.lambda_extension.lambda_api import LambdaAPI, LambdaAPIError
 from collector.lambda_extension.pipelines import Pipelines
 from collector.lambda_extension.plan import Listener, plan
@@ -17,6 +19,10 @@ from collector.lambda_extension.plan import Listener, plan
 LAYER_CONFIG = "/opt/config/lambda-extension.yaml"  # the launcher sets COLDTAIL_CONFIG
 # Left of a deadline for the last requests to Lambda once the pipelines are drained.
 _DEADLINE_MARGIN_S = 0.1
+# SHUTDOWN reasons of an environment Lambda ended in the middle of an invocation.
+_ENDED_BY_LAMBDA = frozenset({"failure", "timeout"})
+# How long SHUTDOWN waits for Lambda's report of such an invocation, at most (seconds).
+_LOST_REPORT_WAIT_S = 0.2
 
 log = logging.getLogger("coldtail.lambda_extension")
 
@@ -52,20 +58,22 @@ class Extension:
         front_door: FrontDoor,
         forwarder: Forwarder,
         pipelines: Pipelines | None,
-        telemetry: bool,
+        telemetry: str | None,
         strategy: Strategy,
     ) -> None:
         self.api = api
         self.front_door = front_door
         self.forwarder = forwarder
         self.pipelines = pipelines
-        self.telemetry = telemetry
+        self.telemetry = telemetry  # the subscribed lambda_telemetry receiver, if any
         self.flusher = (
             None
             if pipelines is None
-            else Flusher(strategy, front_door, forwarder, pipelines, telemetry)
+            else Flusher(strategy, front_door, forwarder, pipelines, telemetry is not None)
         )
         self._first = True
+        self._last_invoke: dict | None = None
+        self._last_invoke_epoch = 0.0
 
     def run(self) -> int:
         """Serve events until SHUTDOWN; the exit status."""
@@ -77,25 +85,21 @@ class Extension:
             remaining = event.get("deadlineMs", 0) / 1000 - _DEADLINE_MARGIN_S - time.time()
             deadline = time.monotonic() + remaining
             if event.get("eventType") == "SHUTDOWN":
-                log.info("shutdown", extra={"kv": {"reason": event.get("shutdownReason")}})
-                self.shutdown(deadline)
+                reason = str(event.get("shutdownReason", ""))
+                log.info("shutdown", extra={"kv": {"reason": reason}})
+                self.shutdown(deadline, reason)
                 return 0
+            self._last_invoke, self._last_invoke_epoch = event, time.time()
             try:
                 self.invocation(str(event.get("requestId", "")), deadline)
             except Exception as e:
                 say(f"an invocation's turn failed, carrying on: {e!r}")
 
     def invocation(self, request_id: str, deadline: float) -> None:
-        """Return once the invocation's spans are in hand and the strategy's flush is done."""
+        """Return when the strategy's flush after the invocation is done (at once for the
+        strategies that flush in the background or not at all)."""
         if self.flusher is None:
             return
-        if (self.telemetry or self.front_door.hands_over) and not (
-            self.front_door.wait_invocation_over(request_id, deadline - time.monotonic())
-        ):
-            log.warning(
-                "the invocation's spans did not arrive before its deadline",
-                extra={"kv": {"request_id": request_id}},
-            )
         if self._first:
             # The collector loads once per environment: waiting for it here keeps its loading
             # out of the next invocations, which it would slow down.
@@ -104,9 +108,12 @@ class Extension:
             self.pipelines.wait(deadline - time.monotonic())
         self.flusher.after_invocation(request_id, deadline)
 
-    def shutdown(self, deadline: float) -> None:
-        """Drain everything into the backends and stop, by `deadline`."""
+    def shutdown(self, deadline: float, reason: str = "spindown") -> None:
+        """Drain everything into the backends and stop, by `deadline`. After a failure or a
+        timeout, the last invocation may have left no trace at all: see `_report_lost`."""
         try:
+            if reason in _ENDED_BY_LAMBDA and self._last_invoke is not None:
+                self._report_lost(self._last_invoke, reason, deadline)
             if self.flusher is not None and self.pipelines is not None:
                 self.flusher.stop()
                 if self.pipelines.wait(deadline - time.monotonic()):
@@ -119,6 +126,42 @@ class Extension:
             self.front_door.close()
             if self.forwarder.dropped:
                 say(f"{self.forwarder.dropped} requests of this environment were lost")
+
+    def _report_lost(self, invoke: dict, reason: str, deadline: float) -> None:
+        """The invocation Lambda ended (`reason` failure or timeout) made no span the extension
+        has, nor a report of Lambda's that says so (a runtime that died may get none): give
+        the lambda_telemetry receiver what is known, as Lambda's own events would have told
+        it, so that it makes the invocation's synthetic span."""
+        request_id = str(invoke.get("requestId", ""))
+        wait = min(_LOST_REPORT_WAIT_S, (deadline - time.monotonic()) / 4)
+        if not request_id or self.front_door.wait_invocation_over(request_id, wait):
+            return
+        if self.telemetry is None:
+            say(f"invocation {request_id} ended in {reason} and left no trace")
+            return
+        now = time.time()
+        start = {"requestId": request_id, "tracing": invoke.get("tracing")}
+        done = {
+            "requestId": request_id,
+            "status": "timeout" if reason == "timeout" else "failure",
+            "metrics": {"durationMs": (now - self._last_invoke_epoch) * 1000},
+        }
+        events = [
+            {
+                "time": _timestamp(self._last_invoke_epoch),
+                "type": "platform.start",
+                "record": start,
+            },
+            {"time": _timestamp(now), "type": "platform.runtimeDone", "record": done},
+        ]
+        body = json.dumps(events).encode()
+        self.front_door.put(Delivery(self.telemetry, "/", "application/json", "", body))
+
+
+def _timestamp(epoch: float) -> str:
+    """As the Telemetry API writes `time`: ISO 8601, UTC, milliseconds."""
+    moment = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    return moment.replace("+00:00", "Z")
 
 
 def start(api: LambdaAPI, settings: Settings) -> Extension:
@@ -147,7 +190,7 @@ def start(api: LambdaAPI, settings: Settings) -> Extension:
         raise InitError("; ".join(problems))
     forwarder = Forwarder(front_door)
     pipelines = None if raw is None else Pipelines(raw, listeners, forwarder)
-    telemetry = any(listener.kind == TELEMETRY for listener in listeners)
+    telemetry = next((lst.name for lst in listeners if lst.kind == TELEMETRY), None)
     return Extension(api, front_door, forwarder, pipelines, telemetry, settings.flush)
 
 

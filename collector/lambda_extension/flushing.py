@@ -4,10 +4,11 @@ Lambda bills an invocation until every extension asked for its next event, and f
 environment right after: a flush before that is paid for by the user on every invocation, and
 one after it waits, frozen, for the next invocation or SHUTDOWN. The strategies:
 
-- `background` (default): ask for the next event as soon as the function's spans are in hand;
-  a background thread then flushes, once Lambda's report of the invocation has arrived (after
-  its init report, so that cold starts are joined first). What is still held when the
-  environment freezes goes out when it thaws, during the next invocation, or at SHUTDOWN.
+- `background` (default): ask for the next event at once (the function's spans reach the front
+  door before it responds, and wait there through a freeze); a background thread flushes once
+  Lambda's report of the invocation has arrived (after its init report, so that cold starts are
+  joined first). What is still held when the environment freezes goes out when it thaws, during
+  the next invocation, or at SHUTDOWN.
 - `end-of-invocation`: flush after every invocation before asking for the next event (each
   invocation's data leaves before the freeze; each invocation is billed for the export).
 - `age:<duration>` (e.g. `age:30s`): flush before asking for the next event only when the
@@ -94,23 +95,33 @@ class Flusher:
         self._thread: threading.Thread | None = None
 
     def after_invocation(self, request_id: str, deadline: float) -> None:
-        """The invocation's spans are in hand: flush as the strategy says, returning by
-        `deadline` (time.monotonic())."""
+        """Flush after the invocation `request_id` as the strategy says, returning by
+        `deadline` (time.monotonic()). The function hands its spans over before it responds,
+        and the front door keeps them through a freeze: only a flush before the freeze needs
+        to wait for them."""
         kind = self.strategy.kind
         if kind == BACKGROUND:
             self._schedule(request_id)
         elif kind == END_OF_INVOCATION or (
             kind == AGE and self.front_door.unflushed_age() >= self.strategy.age_s
         ):
-            if self.telemetry and not self.front_door.wait_runtime_done(
-                request_id, deadline - time.monotonic()
-            ):
+            if not self._wait_over(request_id, deadline):
                 log.warning(
-                    "platform.runtimeDone did not arrive before the invocation's deadline",
+                    "the invocation's spans did not arrive before its deadline",
                     extra={"kv": {"request_id": request_id}},
                 )
             if not self.flush(deadline):
                 log.warning("flush did not finish before the invocation's deadline")
+
+    def _wait_over(self, request_id: str, deadline: float) -> bool:
+        """Wait for Lambda's report of the invocation (after its init report, for the cold
+        start join), else for the function's hand-over of its spans, else not at all."""
+        remaining = deadline - time.monotonic()
+        if self.telemetry:
+            return self.front_door.wait_runtime_done(request_id, remaining)
+        if self.front_door.hands_over:
+            return self.front_door.wait_invocation_over(request_id, remaining)
+        return True
 
     def flush(self, deadline: float) -> bool:
         """Hand the pipelines everything received so far and push it into the backends by

@@ -206,6 +206,26 @@ async def test_no_span_is_lost_across_freeze_timeout_crash_and_shutdown(opt):
     assert statistics.median(held_ms(result) for result in expected[1:5]) < 10
 
 
+async def test_a_crash_lambda_reports_nothing_of_still_gives_a_span(opt):
+    """Lambda's runtimeDone and report of the invocation lost: the extension knows of it from
+    its INVOKE event and of its end from SHUTDOWN."""
+    functions = ROOT / "tests" / "testing" / "lambda_functions"
+    withheld = ("platform.runtimeDone", "platform.report")
+    async with (
+        Backend() as backend,
+        function(
+            opt, backend, handler="crash.handler", code=functions, telemetry_withheld=withheld
+        ) as fn,
+    ):
+        crashed = await fn.invoke({"status": 7})
+    assert crashed.status == Status.CRASH
+    span = invocation_span(backend, crashed.request_id)
+    assert get_attr(span.attributes, "coldtail.synthetic") is True
+    assert (span.status.code, span.status.message) == (2, "failure")
+    trace_id = crashed.trace_header.split(";")[0].removeprefix("Root=1-").replace("-", "")
+    assert span.trace_id.hex() == trace_id
+
+
 async def test_lambda_refusing_telemetry_and_a_silent_backend_never_fail_or_hold_the_function(
     opt, tmp_path
 ):

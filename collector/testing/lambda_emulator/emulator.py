@@ -45,7 +45,8 @@ class LambdaEmulator:
     `exec_wrapper` sets AWS_LAMBDA_EXEC_WRAPPER; `hooks` apply to every environment. `python`
     is the runtime's interpreter (default: this one), which needs awslambdaric.
     `telemetry_subscription_status`, when set, is how the Telemetry API answers every
-    subscription, as when Lambda refuses it or fails.
+    subscription, as when Lambda refuses it or fails; the Telemetry API events of the types in
+    `telemetry_withheld` are never delivered.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class LambdaEmulator:
         hooks: Iterable[EnvironmentHooks] = (),
         python: str | Path | None = None,
         telemetry_subscription_status: int | None = None,
+        telemetry_withheld: Iterable[str] = (),
     ) -> None:
         variables = dict(env or {})
         runtime_python = {} if python is None else {"python": Path(python)}
@@ -85,6 +87,7 @@ class LambdaEmulator:
             **runtime_python,
         )
         self.telemetry_subscription_status = telemetry_subscription_status
+        self.telemetry_withheld = frozenset(telemetry_withheld)
         self.provisioned = provisioned
         self.environments: list[ExecutionEnvironment] = []
         self.log_streams: dict[str, list[str]] = {}
@@ -157,6 +160,7 @@ class LambdaEmulator:
             self.config, self._runtime_dir, init_type=init_type, hooks=self._hooks
         )
         environment.telemetry.subscription_status = self.telemetry_subscription_status
+        environment.telemetry.withheld = self.telemetry_withheld
         self.environments.append(environment)
         self.log_streams[environment.log_stream_name] = environment.logs
         return environment

@@ -154,7 +154,8 @@ class TelemetryAPI:
     registered extension it identifies (None when unknown). Not thread-safe: use it from the
     event loop of the environment's server. `close` ends every delivery. With
     `subscription_status` set, every valid subscription is answered with that status instead
-    (a fault as Lambda may answer it), and nothing is subscribed."""
+    (a fault as Lambda may answer it), and nothing is subscribed. Events whose type is in
+    `withheld` are never delivered (a fault: they are lost on the way)."""
 
     def __init__(self, caller: Callable[[web.Request], Extension | None]) -> None:
         self._caller = caller
@@ -166,6 +167,7 @@ class TelemetryAPI:
         self._flushing = False
         self._session: aiohttp.ClientSession | None = None
         self.subscription_status: int | None = None
+        self.withheld: frozenset[str] = frozenset()
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [web.put(PATH, self._subscribe)]
@@ -210,6 +212,8 @@ class TelemetryAPI:
     def record(self, event_type: str, record: Any, epoch: float | None = None) -> None:
         """Buffer one event for the subscribers of its category (platform, function or
         extension); `epoch` is when it happened (default: now)."""
+        if event_type in self.withheld:
+            return
         event = {"time": timestamp(epoch), "type": event_type, "record": record}
         size = len(json.dumps(event))
         if self._init_events is not None:
