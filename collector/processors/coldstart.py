@@ -78,6 +78,7 @@ COLD_START = "coldtail.cold_start"
 SOURCE = "coldtail.cold_start.source"
 INIT_TYPE = "coldtail.init_type"
 INIT_DURATION_MS = "coldtail.init_duration_ms"
+INVOCATION_ID = "faas.invocation_id"
 
 INSTRUMENTATION = "instrumentation"
 TELEMETRY_API = "telemetry_api"
@@ -92,7 +93,9 @@ _AHEAD_OF_REQUESTS = frozenset({PROVISIONED_CONCURRENCY, SNAP_START})
 
 _INIT_SPAN_NAME = "init"
 _REQUEST_KINDS = (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER)
-_SPAN_KEYS = frozenset({FAAS_COLDSTART, COLD_START, SOURCE, INIT_TYPE, INIT_DURATION_MS})
+_SPAN_KEYS = frozenset(
+    {FAAS_COLDSTART, COLD_START, SOURCE, INIT_TYPE, INIT_DURATION_MS, INVOCATION_ID}
+)
 
 _LAMBDA = "lambda"
 _ECS = "ecs"
@@ -175,6 +178,8 @@ class InitReports:
         self.max_pending = max_pending
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, InitReport] = OrderedDict()
+        self._by_invocation: OrderedDict[str, InitReport] = OrderedDict()
+        self._latest: InitReport | None = None  # not yet followed by an invocation
 
     def record(self, environment: str, init_duration_ms: float, init_type: str = ON_DEMAND) -> None:
         """Report that `environment` (its id as on the resource: `faas.instance`, the log stream
@@ -185,16 +190,30 @@ class InitReports:
         environment takes that report."""
         report = InitReport(float(init_duration_ms), normalize_init_type(init_type))
         with self._lock:
-            self._pending[environment] = report
-            self._pending.move_to_end(environment)
-            if len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
+            _put_bounded(self._pending, environment, report, self.max_pending)
+            self._latest = report
 
-    def take(self, environment: str) -> InitReport | None:
-        """Remove and return the report of `environment`, else an UNNAMED report, if any."""
+    def first_invocation(self, request_id: str) -> None:
+        """The invocation `request_id` is the first since the last report: it also takes that
+        report, for spans that do not name their environment (a SnapStart runtime is not told
+        its log stream)."""
         with self._lock:
-            report = self._pending.pop(environment, None)
-            return report if report is not None else self._pending.pop(UNNAMED, None)
+            if self._latest is not None:
+                _put_bounded(self._by_invocation, request_id, self._latest, self.max_pending)
+                self._latest = None
+
+    def take(self, environment: str, invocation_id: str = "") -> InitReport | None:
+        """Remove and return the report of `environment`, else of `invocation_id` (see
+        `first_invocation`), else an UNNAMED report; without `environment`, only the
+        invocation's."""
+        with self._lock:
+            by_invocation = self._by_invocation.pop(invocation_id, None) if invocation_id else None
+            if by_invocation is not None and self._pending.get(UNNAMED) is by_invocation:
+                del self._pending[UNNAMED]
+            if not environment:
+                return by_invocation
+            report = self._pending.pop(environment, None) or by_invocation
+            return report or self._pending.pop(UNNAMED, None)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -202,6 +221,13 @@ class InitReports:
 
 _reports_lock = threading.Lock()
 _reports: weakref.WeakKeyDictionary[Telemetry, InitReports] = weakref.WeakKeyDictionary()
+
+
+def _put_bounded(reports: OrderedDict, key: str, report: InitReport, most: int) -> None:
+    reports[key] = report
+    reports.move_to_end(key)
+    if len(reports) > most:
+        reports.popitem(last=False)
 
 
 def init_reports(telemetry: Telemetry) -> InitReports:
@@ -477,12 +503,16 @@ class ColdStartProcessor(Processor):
     ) -> str | None:
         """Tag one entry span; the source when it was tagged cold."""
         position = first_cold = report = None
+        invocation = found.get(INVOCATION_ID)
+        invocation_id = invocation.value.string_value if invocation is not None else ""
         if resource.key is not None:
             position, first_cold = self._visit(span, resource, now)
             if self.reports:
-                report = self.reports.take(resource.key[1])
+                report = self.reports.take(resource.key[1], invocation_id)
                 if position != 0:
                     report = None  # too late: this environment's cold span is already gone
+        elif invocation_id and self.reports:
+            report = self.reports.take("", invocation_id)
         if SOURCE in found:
             if report is not None:
                 _set_init(span, found, report, replace=True)

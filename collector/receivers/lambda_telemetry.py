@@ -546,6 +546,7 @@ class LambdaTelemetryReceiver:
     def _on_start(self, time_ns: int, record: dict, _delivery: _Delivery) -> None:
         request_id = _string(record, "requestId")
         if request_id:
+            self._reports.first_invocation(request_id)
             self._starts[request_id] = _Start(time_ns, record.get("tracing"))
             if len(self._starts) > _MAX_PENDING_STARTS:
                 self._starts.popitem(last=False)

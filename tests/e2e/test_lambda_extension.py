@@ -136,6 +136,24 @@ async def test_cold_and_warm_invocations_with_init_joined_from_the_telemetry_api
     assert metric_total(backend, "faas.invocations") == 2
 
 
+async def test_a_snapstart_restore_is_not_a_cold_start_and_its_restore_is_joined(opt):
+    async with Backend() as backend, function(opt, backend, snap_start=True) as fn:
+        restored = await fn.invoke(EVENT)
+        warm = await fn.invoke(EVENT)
+    assert restored.status == Status.SUCCESS and restored.restore_duration_ms is not None
+    first = invocation_span(backend, restored.request_id)
+    assert get_attr(first.attributes, "coldtail.cold_start") is False
+    assert get_attr(first.attributes, "coldtail.init_type") == "snap-start"
+    # Lambda's measure of the restore, from platform.restoreReport.
+    assert get_attr(first.attributes, "coldtail.init_duration_ms") == pytest.approx(
+        restored.restore_duration_ms, abs=1
+    )
+    assert (
+        get_attr(invocation_span(backend, warm.request_id).attributes, "coldtail.cold_start")
+        is False
+    )
+
+
 async def test_end_of_invocation_exports_each_invocation_before_the_freeze(opt):
     async with Backend() as backend:
         env = {"COLDTAIL_FLUSH": "end-of-invocation"}

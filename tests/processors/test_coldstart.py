@@ -274,6 +274,32 @@ def test_report_after_the_first_span_is_discarded():
     assert judge(processor, lambda_resource("env-a")) == [warm()]
 
 
+def test_a_report_joins_the_first_invocation_after_it_when_the_span_names_no_environment():
+    """A SnapStart runtime is not told its log stream, so its spans carry no faas.instance: the
+    report goes to the invocation the Telemetry API started next."""
+    processor = new()
+    reports = init_reports(processor.settings.telemetry)
+    reports.record("", 31.5, "snap-start")
+    reports.first_invocation("req-1")
+    reports.first_invocation("req-2")  # only the first after a report takes it
+    anonymous = lambda_resource(None)
+    instrumented = {
+        "faas.invocation_id": "req-1",
+        "coldtail.cold_start": False,
+        "coldtail.cold_start.source": "instrumentation",
+        "coldtail.init_duration_ms": 4000.0,  # the snapshot's init, long before
+    }
+    (got,) = judge(processor, anonymous, attributes=instrumented)
+    assert got["coldtail.init_duration_ms"] == 31.5
+    assert got["coldtail.init_type"] == "snap-start"
+    assert got["coldtail.cold_start"] is False
+    assert len(reports) == 0
+    (later,) = judge(
+        processor, anonymous, attributes={**instrumented, "faas.invocation_id": "req-2"}
+    )
+    assert later["coldtail.init_duration_ms"] == 4000.0
+
+
 def test_init_reports_are_per_service_bounded_and_thread_safe():
     telemetry = Telemetry()
     assert init_reports(telemetry) is init_reports(telemetry)

@@ -1,7 +1,8 @@
 """A faithful local AWS Lambda for tests: the Runtime API (2018-06-01) served per execution
 environment, real runtime processes (awslambdaric, through AWS_LAMBDA_EXEC_WRAPPER when set),
 Lambda's environment variables, cold and warm starts, freezing between invocations, timeouts,
-crashes, init errors, concurrent and provisioned environments, and shutdown. External
+crashes, init errors, concurrent and provisioned environments, SnapStart (restores from a
+snapshot, with the runtime's hooks), and shutdown. External
 extensions (the executables in a layer's `extensions/`) run beside the runtime and talk to the
 Extensions API (2020-01-01) and the Telemetry API (2022-07-01) on the same address.
 

@@ -34,6 +34,7 @@ async def _run(args: argparse.Namespace) -> int:
         memory_mb=args.memory,
         exec_wrapper=args.wrapper,
         layers=args.layer,
+        snap_start=args.snap_start,
     )
     succeeded = True
     async with emulator:
@@ -62,6 +63,11 @@ def main(
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     parser.add_argument("--memory", type=int, default=128, help="MB (default 128)")
     parser.add_argument("--invocations", type=int, default=1, help="how many (default 1)")
+    parser.add_argument(
+        "--snap-start",
+        action="store_true",
+        help="a version published with SnapStart: environments are restored from a snapshot",
+    )
     parser.add_argument("--env", type=_variable, action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--layer",

@@ -46,7 +46,9 @@ class LambdaEmulator:
     is the runtime's interpreter (default: this one), which needs awslambdaric.
     `telemetry_subscription_status`, when set, is how the Telemetry API answers every
     subscription, as when Lambda refuses it or fails; the Telemetry API events of the types in
-    `telemetry_withheld` are never delivered.
+    `telemetry_withheld` are never delivered. With `snap_start` the function is a version
+    published with SnapStart: each new environment is restored from a snapshot of its init (see
+    `ExecutionEnvironment`); Lambda does not combine it with provisioned concurrency.
     """
 
     def __init__(
@@ -67,7 +69,10 @@ class LambdaEmulator:
         python: str | Path | None = None,
         telemetry_subscription_status: int | None = None,
         telemetry_withheld: Iterable[str] = (),
+        snap_start: bool = False,
     ) -> None:
+        if snap_start and provisioned:
+            raise ValueError("SnapStart and provisioned concurrency cannot be combined")
         variables = dict(env or {})
         runtime_python = {} if python is None else {"python": Path(python)}
         if python is not None:
@@ -89,6 +94,7 @@ class LambdaEmulator:
         self.telemetry_subscription_status = telemetry_subscription_status
         self.telemetry_withheld = frozenset(telemetry_withheld)
         self.provisioned = provisioned
+        self.snap_start = snap_start
         self.environments: list[ExecutionEnvironment] = []
         self.log_streams: dict[str, list[str]] = {}
         self._hooks = tuple(hooks)
@@ -120,7 +126,8 @@ class LambdaEmulator:
             raise RuntimeError("start the emulator first (async with LambdaEmulator(...))")
         environment = next((e for e in self.environments if not e.busy), None)
         if environment is None:
-            environment = self._new_environment(InitType.ON_DEMAND)
+            init_type = InitType.SNAP_START if self.snap_start else InitType.ON_DEMAND
+            environment = self._new_environment(init_type)
         environment.busy = True
         invocation = Invocation(
             request_id=str(uuid.uuid4()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -39,6 +40,9 @@ SHUTDOWN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, Lambda's cap on the
 # extension registered); the extensions the rest, from their SHUTDOWN event on.
 RUNTIME_SHUTDOWN_GRACE = 0.3
 RUNTIME_SHUTDOWN_GRACE_INTERNAL = 0.5
+# Lambda's limit on the Restore phase of SnapStart: loading the runtime and its after-restore
+# hooks (beyond it, Invoke fails with SnapStartTimeoutException).
+RESTORE_TIMEOUT = 10.0
 BOOTSTRAP = "bootstrap.py"
 
 # Lambda's own bootstrap: the handler is read from $_HANDLER when the runtime starts, so an
@@ -75,6 +79,9 @@ RESERVED_VARIABLES = frozenset(
         "TZ",
     }
 )
+
+# Lambda does not set these for SnapStart functions: a snapshot serves many environments.
+NOT_SNAP_START_VARIABLES = frozenset({"AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME"})
 
 # The runtime's own variables, which extensions do not get.
 RUNTIME_ONLY_VARIABLES = frozenset(
@@ -116,6 +123,10 @@ class InitType(StrEnum):
 
     ON_DEMAND = "on-demand"
     PROVISIONED = "provisioned-concurrency"
+    SNAP_START = "snap-start"
+    LAMBDA_MANAGED_INSTANCES = "lambda-managed-instances"
+    """Lambda Managed Instances, named only for code that reads the variable: the emulator does
+    not run such environments yet."""
 
 
 class Status(StrEnum):
@@ -157,8 +168,10 @@ class InvocationResult:
     status: Status
     payload: Any  # the response, parsed as JSON when it is JSON; on failure the error document
     error: FunctionError | None
-    cold: bool  # this invocation ran the environment's init
-    init_duration_ms: float | None  # set when cold; includes the init of the extensions
+    cold: bool  # the environment's first invocation: its init ran, or it was restored, first
+    init_duration_ms: float | None  # set when cold, unless restored; includes the extensions
+    restore_duration_ms: float | None  # set when cold and restored from a SnapStart snapshot
+    billed_restore_duration_ms: int | None  # of the restore: the runtime and its hooks' part
     duration_ms: float  # until the runtime's response and every extension's next event request
     runtime_duration_ms: float  # until the runtime's response (or its timeout or crash)
     billed_duration_ms: int  # rounded up to the ms; includes the init of an on-demand cold start
@@ -280,6 +293,14 @@ def _reported(reply: RuntimeReply) -> tuple[Any, FunctionError | None]:
     return payload, FunctionError.from_payload(payload, reply.error_type)
 
 
+def _restore_failure(reply: RuntimeReply) -> _Failure:
+    """The runtime's report of failed after-restore hooks: the error is of the type it posted
+    in the header (Runtime.AfterRestoreError), whatever the exception's own type."""
+    payload, error = _reported(reply)
+    assert error is not None and reply.error_type is not None
+    return _Failure(Status.ERROR, payload, dataclasses.replace(error, type=reply.error_type))
+
+
 def _request_prefix(request_id: str | None) -> str:
     """How Lambda's own error messages start: `RequestId: <id> ` during an invocation."""
     return f"RequestId: {request_id} " if request_id else ""
@@ -296,6 +317,10 @@ class ExecutionEnvironment:
     """One execution environment: a runtime process (awslambdaric, started through the exec
     wrapper when AWS_LAMBDA_EXEC_WRAPPER is set), the external extensions of the layers (a
     process each), and the server of the Runtime, Extensions and Telemetry APIs.
+
+    With the init type SNAP_START the first invocation first runs the init that takes the
+    snapshot (not billed to it) and freezes the environment, then restores it (the Restore
+    phase: the runtime's after-restore hooks, the extensions carrying on from the snapshot).
 
     Invocations are served one at a time (the caller keeps `busy`). Between them the process
     groups of the runtime and the extensions are stopped (SIGSTOP) and continued (SIGCONT), as
@@ -318,6 +343,8 @@ class ExecutionEnvironment:
         self.log_stream_name = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{VERSION}]{self.id}"
         self.logs: list[str] = []
         self.init_duration_ms: float | None = None
+        self.restore_duration_ms: float | None = None
+        self.billed_restore_duration_ms: int | None = None
         self.busy = False
         self.process: asyncio.subprocess.Process | None = None
         self.extension_processes: dict[str, asyncio.subprocess.Process] = {}
@@ -332,7 +359,7 @@ class ExecutionEnvironment:
         self.extensions = ExtensionsAPI(
             function_info, self._extension_paths, self.telemetry.extension_registered
         )
-        self.server = RuntimeAPIServer()
+        self.server = RuntimeAPIServer(snap_start=init_type is InitType.SNAP_START)
         self.server.add_routes([*self.extensions.routes(), *self.telemetry.routes()])
         self._runtime_dir = runtime_dir
         self._hooks = tuple(hooks)
@@ -350,6 +377,12 @@ class ExecutionEnvironment:
     @property
     def variables(self) -> dict[str, str]:
         """The runtime process's environment, as Lambda defines it; valid once init started."""
+        variables = self._lambda_variables()
+        if self.init_type is InitType.SNAP_START:
+            return {k: v for k, v in variables.items() if k not in NOT_SNAP_START_VARIABLES}
+        return variables
+
+    def _lambda_variables(self) -> dict[str, str]:
         config = self.config
         # The interpreter's directory first, as /var/lang/bin is on Lambda: `python3` in the
         # #! line of an extension is the runtime's Python.
@@ -413,7 +446,7 @@ class ExecutionEnvironment:
         extensions do; see `InvocationResult`."""
         cold = self.process is None
         if cold:
-            failure = await self._init(invocation.request_id)
+            failure = await self._cold_start(invocation.request_id)
             if failure:
                 return self._result(
                     invocation, failure.status, failure.payload, failure.error, 0.0, 0.0, cold=True
@@ -473,6 +506,44 @@ class ExecutionEnvironment:
         internal extension registered), then the extensions get the SHUTDOWN event and the rest
         of the 2 s. Idempotent."""
         await self._discard("spindown", grace=SHUTDOWN_GRACE)
+
+    async def _cold_start(self, request_id: str) -> _Failure | None:
+        """Init; with SnapStart, the init of the snapshot, then the restore from it."""
+        if self.init_type is not InitType.SNAP_START:
+            return await self._init(request_id)
+        failure = await self._init(request_id=None)  # ahead of the invocation, outside of it
+        if failure:
+            return failure
+        await self._freeze()  # the snapshot
+        return await self._restore(request_id)
+
+    async def _restore(self, request_id: str) -> _Failure | None:
+        """Restore phase: thaw the snapshot; the runtime runs its after-restore hooks and asks
+        for its first invocation, within RESTORE_TIMEOUT. Discards the environment on failure."""
+        started = time.monotonic()
+        self.telemetry.restore_start(self.config.function_name, VERSION)
+        self._thaw()
+        thawed = time.monotonic()
+        self.server.restore()
+        ready = asyncio.ensure_future(self._ready())
+        restore_error = self.server.restore_error
+        done = await self._first(ready, restore_error, timeout=RESTORE_TIMEOUT)
+        ready.cancel()
+        ended = time.monotonic()
+        self.restore_duration_ms = (ended - started) * 1000
+        # Lambda bills the runtime's part, not its own restoring of the snapshot.
+        self.billed_restore_duration_ms = math.ceil((ended - thawed) * 1000)
+        failure = None
+        if restore_error.done():  # posted before the runtime exits
+            failure = _restore_failure(restore_error.result())
+        elif ready not in done:
+            failure = self._ended_early(request_id, RESTORE_TIMEOUT, phase="Restore")
+        status, error = (failure.status, failure.error) if failure else (Status.SUCCESS, None)
+        duration_ms = self.restore_duration_ms
+        self.telemetry.restore_done(status.telemetry, error and error.type, duration_ms)
+        if failure:
+            await self._discard("failure")
+        return failure
 
     async def _init(self, request_id: str | None) -> _Failure | None:
         """Start the extensions, then the runtime once they registered, and wait until the
@@ -693,8 +764,10 @@ class ExecutionEnvironment:
         *,
         cold: bool,
     ) -> InvocationResult:
-        init_ms = self.init_duration_ms if cold else None
-        # Since August 2025 Lambda bills the init of on-demand environments with the invocation.
+        restored = cold and self.init_type is InitType.SNAP_START
+        init_ms = self.init_duration_ms if cold and not restored else None
+        # Since August 2025 Lambda bills the init of on-demand environments with the invocation;
+        # a restore is billed apart.
         billed = math.ceil(duration_ms + (init_ms or 0.0))
         return InvocationResult(
             request_id=invocation.request_id,
@@ -703,6 +776,8 @@ class ExecutionEnvironment:
             error=error,
             cold=cold,
             init_duration_ms=init_ms,
+            restore_duration_ms=self.restore_duration_ms if restored else None,
+            billed_restore_duration_ms=self.billed_restore_duration_ms if restored else None,
             duration_ms=duration_ms,
             runtime_duration_ms=runtime_duration_ms,
             billed_duration_ms=billed,
@@ -721,6 +796,9 @@ class ExecutionEnvironment:
         }
         if result.init_duration_ms is not None:
             metrics["initDurationMs"] = result.init_duration_ms
+        if result.restore_duration_ms is not None:
+            metrics["restoreDurationMs"] = result.restore_duration_ms
+            metrics["billedRestoreDurationMs"] = result.billed_restore_duration_ms
         error_type = result.error.type if result.error else None
         self.telemetry.report(invocation, result.status.telemetry, error_type, metrics)
 

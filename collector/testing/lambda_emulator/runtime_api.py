@@ -5,6 +5,12 @@ Runtime Interface Emulator): posts are answered 202; a post for a request id tha
 invocation in flight (or was answered already) 400 `InvalidRequestID`; a response larger than
 6 MB 413; an init error posted after the runtime finished init (asked for its first invocation)
 403 `InvalidStateTransition`.
+
+With SnapStart the runtime ends its init with `GET /runtime/restore/next`, which Lambda answers
+(200) once the environment is restored from the snapshot; the runtime then runs its
+after-restore hooks and asks for its first invocation, or reports the hooks' failure with
+`POST /runtime/restore/error` (202). Outside of that step, both are refused 403
+`InvalidStateTransition`.
 """
 
 from __future__ import annotations
@@ -75,10 +81,12 @@ class RuntimeAPIServer:
     Other APIs Lambda serves on the same address (Extensions API 2020-01-01, Telemetry API
     2022-07-01) mount their routes with `add_routes` before `start`.
 
+    With `snap_start`, the runtime's restore step is served (see `restore`).
+
     Not thread-safe: use it from the event loop that started it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, snap_start: bool = False) -> None:
         # Above the payload limit, so that an oversized response reaches the handler and gets
         # the documented 413 answer rather than aiohttp's own.
         self.app = web.Application(client_max_size=2 * MAX_RESPONSE_BYTES)
@@ -88,8 +96,11 @@ class RuntimeAPIServer:
                 web.post(f"{PREFIX}/invocation/{{request_id}}/response", self._post_response),
                 web.post(f"{PREFIX}/invocation/{{request_id}}/error", self._post_error),
                 web.post(f"{PREFIX}/init/error", self._post_init_error),
+                web.get(f"{PREFIX}/restore/next", self._get_restore_next),
+                web.post(f"{PREFIX}/restore/error", self._post_restore_error),
             ]
         )
+        self._snap_start = snap_start
         self.address = ""
         self._runner: web.AppRunner | None = None
         self._queue: asyncio.Queue[Invocation] = asyncio.Queue()
@@ -98,6 +109,9 @@ class RuntimeAPIServer:
         loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[None] = loop.create_future()
         self.init_error: asyncio.Future[RuntimeReply] = loop.create_future()
+        self.restore_error: asyncio.Future[RuntimeReply] = loop.create_future()
+        self._restored: asyncio.Future[None] | None = None  # answers the pending restore/next
+        self._restoring = False
 
     def add_routes(self, routes: Iterable[web.AbstractRouteDef]) -> None:
         """Serve more routes on this address; call before start()."""
@@ -105,9 +119,21 @@ class RuntimeAPIServer:
 
     @property
     def ready(self) -> asyncio.Future[None]:
-        """Resolves when the runtime asks for its next invocation: the end of init, or of the
-        invocation last dispatched."""
+        """Resolves when the runtime asks for its next invocation: the end of init (with
+        SnapStart, its request to be restored), of the restore, or of the invocation last
+        dispatched."""
         return self._ready
+
+    def restore(self) -> None:
+        """The environment was restored from its snapshot: answer the runtime's pending
+        restore/next, so that it runs its after-restore hooks; `ready` resolves again once it
+        asks for its first invocation. A runtime that ended its init asking for an invocation
+        has no hooks to run: it stays ready."""
+        if self._restored is None:
+            return
+        self._ready = asyncio.get_running_loop().create_future()
+        self._restoring = True
+        self._restored.set_result(None)
 
     def dispatch(self, invocation: Invocation) -> None:
         """Hand `invocation` to the runtime's pending (or next) request for an invocation."""
@@ -136,6 +162,7 @@ class RuntimeAPIServer:
 
     async def _get_next(self, request: web.Request) -> web.Response:
         self._initialized = True
+        self._restoring = False
         if not self._ready.done():
             self._ready.set_result(None)
         invocation = await self._queue.get()
@@ -183,4 +210,22 @@ class RuntimeAPIServer:
             return _refusal(403, "InvalidStateTransition", "State transition is not allowed")
         error_type = request.headers.get(_ERROR_TYPE_HEADER, "Unhandled")
         self.init_error.set_result(RuntimeReply(body, error_type))
+        return web.json_response(_ACCEPTED, status=202)
+
+    async def _get_restore_next(self, request: web.Request) -> web.Response:
+        if not self._snap_start or self._initialized:
+            return _refusal(403, "InvalidStateTransition", "State transition is not allowed")
+        self._initialized = True
+        self._restored = asyncio.get_running_loop().create_future()
+        if not self._ready.done():
+            self._ready.set_result(None)
+        await self._restored
+        return web.Response(status=200)
+
+    async def _post_restore_error(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not self._restoring or self.restore_error.done():
+            return _refusal(403, "InvalidStateTransition", "State transition is not allowed")
+        error_type = request.headers.get(_ERROR_TYPE_HEADER, "Unhandled")
+        self.restore_error.set_result(RuntimeReply(body, error_type))
         return web.json_response(_ACCEPTED, status=202)

@@ -242,6 +242,18 @@ class TelemetryAPI:
         self.record("platform.initRuntimeDone", outcome)
         self.record("platform.initReport", {**outcome, "metrics": {"durationMs": duration_ms}})
 
+    def restore_start(self, function_name: str, version: str) -> None:
+        record = {"functionName": function_name, "functionVersion": version}
+        self.record("platform.restoreStart", record)
+
+    def restore_done(self, status: str, error_type: str | None, duration_ms: float) -> None:
+        """platform.restoreRuntimeDone and platform.restoreReport."""
+        outcome = {"status": status}
+        if error_type:
+            outcome["errorType"] = error_type
+        self.record("platform.restoreRuntimeDone", outcome)
+        self.record("platform.restoreReport", {**outcome, "metrics": {"durationMs": duration_ms}})
+
     def invoke_start(self, invocation: Invocation, version: str) -> None:
         record = {
             "requestId": invocation.request_id,
@@ -294,7 +306,8 @@ class TelemetryAPI:
         metrics: dict[str, Any],
     ) -> None:
         """platform.report with `metrics` (durationMs, billedDurationMs, memorySizeMB,
-        maxMemoryUsedMB and, after a cold start, initDurationMs)."""
+        maxMemoryUsedMB and, after a cold start, initDurationMs, or after a restore from a
+        snapshot, restoreDurationMs and billedRestoreDurationMs)."""
         record = {
             "requestId": invocation.request_id,
             "status": status,
