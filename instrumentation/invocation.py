@@ -63,7 +63,8 @@ log = logging.getLogger("coldtail")
 MAX_RETAINED_SPANS = 1000
 MAX_FINISHED_SPANS = 1000
 _FREEZE_MARGIN_MS = 50
-_AHEAD_OF_REQUESTS = frozenset({"provisioned-concurrency", "snap-start"})
+_RESTORED = "snap-start"
+_AHEAD_OF_REQUESTS = frozenset({"provisioned-concurrency", _RESTORED})
 
 
 class Settings:
@@ -222,7 +223,9 @@ class Instrumentation:
         self._mark_cold(span, init_type not in _AHEAD_OF_REQUESTS)
         span.set_attribute("coldtail.init_type", init_type)
         init, self.init = self.init, None
-        if init is None:
+        if init is None or init_type == _RESTORED:
+            # A SnapStart environment was restored from a snapshot whose init ran elsewhere,
+            # maybe long before: Lambda's restore report tells what this request waited for.
             return
         span.set_attribute("coldtail.init_duration_ms", (init.end_ns - init.start_ns) / 1e6)
         invocation.init_spans = self._init_spans(init, span)

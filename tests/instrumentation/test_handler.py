@@ -387,8 +387,13 @@ def test_init_ahead_of_requests_is_not_a_cold_start(lambda_env, collector, monke
     assert invocation.attributes["coldtail.cold_start"] is False
     assert invocation.attributes["coldtail.init_type"] == init_type
     assert invocation.resource["coldtail.init_type"] == init_type
-    [init] = collector.named("init")
-    assert init.attributes["coldtail.init_type"] == init_type
+    if init_type == "provisioned-concurrency":
+        [init] = collector.named("init")
+        assert init.attributes["coldtail.init_type"] == init_type
+    else:
+        # Restored from a snapshot: its init ran elsewhere, before; no init span in this trace.
+        assert collector.named("init") == []
+        assert "coldtail.init_duration_ms" not in invocation.attributes
 
 
 def test_resource_describes_the_function(lambda_env, collector):
