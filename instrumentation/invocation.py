@@ -64,7 +64,9 @@ MAX_RETAINED_SPANS = 1000
 MAX_FINISHED_SPANS = 1000
 _FREEZE_MARGIN_MS = 50
 _RESTORED = "snap-start"
-_AHEAD_OF_REQUESTS = frozenset({"provisioned-concurrency", _RESTORED})
+# Inits that ran before any request waited: provisioned concurrency, SnapStart, and Lambda
+# Managed Instances (capacity started ahead, every runtime worker initialized before it serves).
+_AHEAD_OF_REQUESTS = frozenset({"provisioned-concurrency", _RESTORED, "lambda-managed-instances"})
 
 
 class Settings:

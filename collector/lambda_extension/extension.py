@@ -14,9 +14,10 @@ from collector.lambda_extension.forwarder import Forwarder
 from collector.lambda_extension.front_door import TELEMETRY, Delivery, FrontDoor
 from collector.lambda_extension.lambda_api import LambdaAPI, LambdaAPIError
 from collector.lambda_extension.pipelines import Pipelines
-from collector.lambda_extension.plan import Listener, plan
+from collector.lambda_extension.plan import TELEMETRY_SCHEMA_VERSION_MANAGED, Listener, plan
 
 LAYER_CONFIG = "/opt/config/lambda-extension.yaml"  # the launcher sets COLDTAIL_CONFIG
+MANAGED_INSTANCES = "lambda-managed-instances"
 # Left of a deadline for the last requests to Lambda once the pipelines are drained.
 _DEADLINE_MARGIN_S = 0.1
 # SHUTDOWN reasons of an environment Lambda ended in the middle of an invocation.
@@ -34,10 +35,14 @@ class InitError(Exception):
 class Settings:
     """The extension's own settings, from its environment: COLDTAIL_CONFIG (the config file),
     COLDTAIL_FLUSH (see `flushing`), COLDTAIL_FAIL_INIT_ON_ERROR (`true`: what goes wrong
-    before init ends fails the function's init instead of being logged)."""
+    before init ends fails the function's init instead of being logged); and whether this is
+    a Lambda Managed Instances environment (AWS_LAMBDA_INITIALIZATION_TYPE), which serves
+    invocations concurrently and is never frozen: extensions get no INVOKE events there, and the
+    Telemetry API takes its newer schema only."""
 
     def __init__(self, environ=os.environ) -> None:
         self.config = environ.get("COLDTAIL_CONFIG") or LAYER_CONFIG
+        self.managed = environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == MANAGED_INSTANCES
         self.fail_init_on_error = (
             environ.get("COLDTAIL_FAIL_INIT_ON_ERROR", "").strip().lower() == "true"
         )
@@ -182,7 +187,8 @@ def start(api: LambdaAPI, settings: Settings) -> Extension:
         planned, raw, errors = plan(raw)
         problems.extend(f"invalid config {settings.config}: {e}" for e in errors)
         listeners = _listen(front_door, planned, problems)
-        listeners = _subscribe(api, listeners, problems)
+        schema = TELEMETRY_SCHEMA_VERSION_MANAGED if settings.managed else None
+        listeners = _subscribe(api, listeners, problems, schema)
     for problem in problems:
         say(f"{problem}; carrying on without it")
     if problems and settings.fail_init_on_error:
@@ -209,12 +215,17 @@ def _listen(front_door: FrontDoor, listeners: list[Listener], problems: list[str
     return bound
 
 
-def _subscribe(api: LambdaAPI, listeners: list[Listener], problems: list[str]):
-    """The listeners left once each Telemetry API listener is subscribed, or dropped."""
+def _subscribe(
+    api: LambdaAPI, listeners: list[Listener], problems: list[str], schema: str | None
+) -> list[Listener]:
+    """The listeners left once each Telemetry API listener is subscribed (with `schema`, else
+    the plan's), or dropped."""
     kept = []
     for listener in listeners:
         if listener.subscription is not None:
             subscription = {**listener.subscription, "destination": listener.destination()}
+            if schema is not None:
+                subscription["schemaVersion"] = schema
             try:
                 api.subscribe_telemetry(subscription)
             except (LambdaAPIError, OSError, ValueError) as e:
@@ -230,8 +241,8 @@ def main() -> int:
         say("AWS_LAMBDA_RUNTIME_API is not set: not in Lambda")
         return 2
     api = LambdaAPI(runtime_api)
-    api.register()
     settings = Settings()
+    api.register(("SHUTDOWN",) if settings.managed else ("INVOKE", "SHUTDOWN"))
     try:
         extension = start(api, settings)
     except InitError as e:

@@ -22,14 +22,14 @@ class LambdaAPI:
         self.runtime_api = runtime_api
         self.id = ""
 
-    def register(self) -> None:
-        """Register for INVOKE and SHUTDOWN as `coldtail` (the executable's name, as Lambda
-        requires); sets `id`."""
+    def register(self, events: tuple[str, ...] = ("INVOKE", "SHUTDOWN")) -> None:
+        """Register for `events` as `coldtail` (the executable's name, as Lambda requires);
+        sets `id`."""
         status, headers, body = request(
             self.runtime_api,
             "POST",
             "/2020-01-01/extension/register",
-            json.dumps({"events": ["INVOKE", "SHUTDOWN"]}).encode(),
+            json.dumps({"events": list(events)}).encode(),
             {"Lambda-Extension-Name": EXTENSION_NAME, "Content-Type": "application/json"},
             timeout=10,
         )

@@ -28,6 +28,9 @@ TELEMETRY_DEFAULT_ENDPOINT = f"{SANDBOX_HOST}:4325"
 # Hosts on which a listener receives what Lambda sends to sandbox.localdomain.
 _SANDBOX_LISTEN_HOSTS = frozenset({SANDBOX_HOST, "", "0.0.0.0", "::", "[::]"})
 TELEMETRY_SCHEMA_VERSION = "2022-12-13"
+# What Lambda Managed Instances require; backward compatible, but not what the receiver's event
+# handling was written against, so only used there.
+TELEMETRY_SCHEMA_VERSION_MANAGED = "2025-01-29"
 TELEMETRY_DEFAULT_TYPES = ("platform", "function")
 TELEMETRY_DEFAULT_BUFFERING = {"max_items": 1000, "max_bytes": 262144, "timeout_ms": 25}
 # Lambda's limits: (least, most).

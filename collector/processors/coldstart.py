@@ -33,10 +33,11 @@ requests (the ones that would be inferred cold) get no `coldtail.cold_start` and
 all; later ones are warm as usual. Without `process.creation.time`, an old environment whose
 first span after the restart also started after it is still inferred cold.
 
-Provisioned concurrency and SnapStart: when the init type (`coldtail.init_type` on the span, from
-a report or init span, or on the resource; values like AWS_LAMBDA_INITIALIZATION_TYPE:
-`on-demand`, `provisioned-concurrency`, `snap-start`) says the init ran ahead of any request, the
-request is not a user-facing cold start: `coldtail.cold_start` is false. The span's own
+Provisioned concurrency, SnapStart and Lambda Managed Instances: when the init type
+(`coldtail.init_type` on the span, from a report or init span, or on the resource; values like
+AWS_LAMBDA_INITIALIZATION_TYPE: `on-demand`, `provisioned-concurrency`, `snap-start`,
+`lambda-managed-instances`) says the init ran ahead of any request, the request is not a
+user-facing cold start: `coldtail.cold_start` is false. The span's own
 attribute wins over a report or init span, which win over the resource.
 
 `coldtail.init_duration_ms` and `coldtail.init_type` are copied onto an entry span, when it lacks
@@ -88,8 +89,9 @@ SOURCES = (INSTRUMENTATION, TELEMETRY_API, INFERRED)
 ON_DEMAND = "on-demand"
 PROVISIONED_CONCURRENCY = "provisioned-concurrency"
 SNAP_START = "snap-start"
+MANAGED_INSTANCES = "lambda-managed-instances"
 # The init ran before any request arrived, so no user waited for it.
-_AHEAD_OF_REQUESTS = frozenset({PROVISIONED_CONCURRENCY, SNAP_START})
+_AHEAD_OF_REQUESTS = frozenset({PROVISIONED_CONCURRENCY, SNAP_START, MANAGED_INSTANCES})
 
 _INIT_SPAN_NAME = "init"
 _REQUEST_KINDS = (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER)

@@ -377,7 +377,9 @@ def test_import_hook_is_removed_after_init(lambda_env):
     )
 
 
-@pytest.mark.parametrize("init_type", ["provisioned-concurrency", "snap-start"])
+@pytest.mark.parametrize(
+    "init_type", ["provisioned-concurrency", "snap-start", "lambda-managed-instances"]
+)
 def test_init_ahead_of_requests_is_not_a_cold_start(lambda_env, collector, monkeypatch, init_type):
     monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", init_type)
     load_app()(load_event("direct"), make_context())
@@ -387,7 +389,7 @@ def test_init_ahead_of_requests_is_not_a_cold_start(lambda_env, collector, monke
     assert invocation.attributes["coldtail.cold_start"] is False
     assert invocation.attributes["coldtail.init_type"] == init_type
     assert invocation.resource["coldtail.init_type"] == init_type
-    if init_type == "provisioned-concurrency":
+    if init_type != "snap-start":
         [init] = collector.named("init")
         assert init.attributes["coldtail.init_type"] == init_type
     else:

@@ -326,7 +326,14 @@ def test_init_reports_are_per_service_bounded_and_thread_safe():
 
 
 @pytest.mark.parametrize(
-    "init_type", ["provisioned-concurrency", "PROVISIONED_CONCURRENCY", "snap-start", "SnapStart"]
+    "init_type",
+    [
+        "provisioned-concurrency",
+        "PROVISIONED_CONCURRENCY",
+        "snap-start",
+        "SnapStart",
+        "lambda-managed-instances",
+    ],
 )
 def test_init_ahead_of_requests_from_resource_is_not_cold(init_type):
     processor = new()
@@ -335,7 +342,9 @@ def test_init_ahead_of_requests_from_resource_is_not_cold(init_type):
     assert cold_starts(processor, "inferred") == 0
 
 
-@pytest.mark.parametrize("init_type", ["provisioned-concurrency", "snap-start"])
+@pytest.mark.parametrize(
+    "init_type", ["provisioned-concurrency", "snap-start", "lambda-managed-instances"]
+)
 def test_init_ahead_of_requests_from_span_is_not_cold(init_type):
     processor = new()
     attributes = {"coldtail.init_type": init_type}
