@@ -154,6 +154,31 @@ async def test_a_snapstart_restore_is_not_a_cold_start_and_its_restore_is_joined
     )
 
 
+async def test_on_managed_instances_concurrent_invocations_all_arrive_none_cold(opt):
+    """Lambda Managed Instances: extensions may register for SHUTDOWN only, the Telemetry API
+    takes the 2025-01-29 schema only, and the environment is never frozen."""
+    async with (
+        Backend() as backend,
+        function(opt, backend, managed_instances=True, max_concurrency=3) as fn,
+    ):
+        # Every worker asks for work once its init is done; one more than are idle is refused.
+        [environment] = fn.environments
+        async with asyncio.timeout(10):
+            while environment.server.idle_workers < 3:
+                await asyncio.sleep(0.01)
+        results = await asyncio.gather(*(fn.invoke({"sleep": 0.3}) for _ in range(3)))
+        results += [await fn.invoke(EVENT) for _ in range(2)]
+        logs = "\n".join(line for lines in fn.log_streams.values() for line in lines)
+    assert [r.status for r in results] == [Status.SUCCESS] * 5, logs
+    assert "carrying on without it" not in logs
+    for result in results:
+        span = invocation_span(backend, result.request_id)
+        assert get_attr(span.attributes, "coldtail.cold_start") is False
+        assert get_attr(span.attributes, "faas.coldstart") is False
+    # The Telemetry API's own view of each invocation arrived too.
+    assert metric_total(backend, "faas.invocations") == 5
+
+
 async def test_end_of_invocation_exports_each_invocation_before_the_freeze(opt):
     async with Backend() as backend:
         env = {"COLDTAIL_FLUSH": "end-of-invocation"}

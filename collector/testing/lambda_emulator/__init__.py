@@ -2,7 +2,8 @@
 environment, real runtime processes (awslambdaric, through AWS_LAMBDA_EXEC_WRAPPER when set),
 Lambda's environment variables, cold and warm starts, freezing between invocations, timeouts,
 crashes, init errors, concurrent and provisioned environments, SnapStart (restores from a
-snapshot, with the runtime's hooks), and shutdown. External
+snapshot, with the runtime's hooks), Lambda Managed Instances (one environment serving several
+invocations at once on the runtime's workers), and shutdown. External
 extensions (the executables in a layer's `extensions/`) run beside the runtime and talk to the
 Extensions API (2020-01-01) and the Telemetry API (2022-07-01) on the same address.
 
@@ -27,6 +28,7 @@ from collector.testing.lambda_emulator.environment import (
 )
 from collector.testing.lambda_emulator.extensions_api import ExtensionsAPI
 from collector.testing.lambda_emulator.runtime_api import (
+    ConcurrentRuntimeAPIServer,
     Invocation,
     RuntimeAPIServer,
     RuntimeReply,
@@ -34,6 +36,7 @@ from collector.testing.lambda_emulator.runtime_api import (
 from collector.testing.lambda_emulator.telemetry_api import TelemetryAPI
 
 __all__ = [
+    "ConcurrentRuntimeAPIServer",
     "EnvironmentHooks",
     "ExecutionEnvironment",
     "ExtensionsAPI",

@@ -49,6 +49,16 @@ class LambdaEmulator:
     `telemetry_withheld` are never delivered. With `snap_start` the function is a version
     published with SnapStart: each new environment is restored from a snapshot of its init (see
     `ExecutionEnvironment`); Lambda does not combine it with provisioned concurrency.
+
+    With `managed_instances` the function runs on Lambda Managed Instances: `start` initialises
+    one environment (Lambda readies them when the version is published), which serves up to
+    `max_concurrency` invocations at once, so concurrent `invoke` calls run concurrently in it;
+    one that finds every runtime worker busy fails at once with Runtime.Unavailable (status
+    UNAVAILABLE), not queued. The environment is never frozen, and a timeout fails only its
+    invocation. When the environment failed, the next invocation initialises a new one (cold).
+    `shutdown` shuts it down even with invocations in flight, which fail. Neither SnapStart nor
+    provisioned concurrency combine with it. The emulator does not hold the runtime to Python
+    3.13+, the versions Lambda offers there, as long as awslambdaric 4 runs on it.
     """
 
     def __init__(
@@ -70,9 +80,18 @@ class LambdaEmulator:
         telemetry_subscription_status: int | None = None,
         telemetry_withheld: Iterable[str] = (),
         snap_start: bool = False,
+        managed_instances: bool = False,
+        max_concurrency: int = 4,
     ) -> None:
         if snap_start and provisioned:
             raise ValueError("SnapStart and provisioned concurrency cannot be combined")
+        if managed_instances and (snap_start or provisioned):
+            raise ValueError(
+                "Lambda Managed Instances combine with neither SnapStart nor provisioned "
+                "concurrency"
+            )
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
         variables = dict(env or {})
         runtime_python = {} if python is None else {"python": Path(python)}
         if python is not None:
@@ -95,7 +114,10 @@ class LambdaEmulator:
         self.telemetry_withheld = frozenset(telemetry_withheld)
         self.provisioned = provisioned
         self.snap_start = snap_start
+        self.managed_instances = managed_instances
+        self.max_concurrency = max_concurrency
         self.environments: list[ExecutionEnvironment] = []
+        self._retired: list[ExecutionEnvironment] = []
         self.log_streams: dict[str, list[str]] = {}
         self._hooks = tuple(hooks)
         self._runtime_dir: Path | None = None
@@ -105,12 +127,14 @@ class LambdaEmulator:
         RuntimeError when one of them fails init."""
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="coldtail-lambda-runtime-"))
         install_runtime(self._runtime_dir)
-        provisioned = [self._new_environment(InitType.PROVISIONED) for _ in range(self.provisioned)]
-        errors = await asyncio.gather(*(e.provision() for e in provisioned))
+        ahead = [self._new_environment(InitType.PROVISIONED) for _ in range(self.provisioned)]
+        if self.managed_instances:
+            ahead.append(self._new_environment(InitType.LAMBDA_MANAGED_INSTANCES))
+        errors = await asyncio.gather(*(e.provision() for e in ahead))
         failed = [error for error in errors if error is not None]
         if failed:
             await self.close()
-            raise RuntimeError(f"a provisioned environment failed init: {failed[0]}")
+            raise RuntimeError(f"an environment failed its init ahead of invocations: {failed[0]}")
 
     async def invoke(
         self,
@@ -124,11 +148,6 @@ class LambdaEmulator:
         is bytes; `trace` is the X-Ray header to pass (default: a new sampled trace)."""
         if self._runtime_dir is None:
             raise RuntimeError("start the emulator first (async with LambdaEmulator(...))")
-        environment = next((e for e in self.environments if not e.busy), None)
-        if environment is None:
-            init_type = InitType.SNAP_START if self.snap_start else InitType.ON_DEMAND
-            environment = self._new_environment(init_type)
-        environment.busy = True
         invocation = Invocation(
             request_id=str(uuid.uuid4()),
             event=event if isinstance(event, bytes) else json.dumps(event).encode(),
@@ -139,12 +158,34 @@ class LambdaEmulator:
                 json.dumps(cognito_identity) if cognito_identity is not None else None
             ),
         )
+        if self.managed_instances:
+            return await self._invoke_managed(invocation)
+        environment = next((e for e in self.environments if not e.busy), None)
+        if environment is None:
+            init_type = InitType.SNAP_START if self.snap_start else InitType.ON_DEMAND
+            environment = self._new_environment(init_type)
+        environment.busy = True
         try:
             return await environment.invoke(invocation)
         finally:
             environment.busy = False
             if not environment.alive and environment in self.environments:
                 self.environments.remove(environment)
+
+    async def _invoke_managed(self, invocation: Invocation) -> InvocationResult:
+        self._retire_failed()
+        if not self.environments:
+            self._new_environment(InitType.LAMBDA_MANAGED_INSTANCES)
+        [environment] = self.environments
+        result = await environment.invoke(invocation)
+        self._retire_failed()
+        return result
+
+    def _retire_failed(self) -> None:
+        """Set aside the environments that failed; `close` waits for the end of their
+        shutdown, which may have begun between invocations."""
+        self._retired += [e for e in self.environments if not e.alive]
+        self.environments = [e for e in self.environments if e.alive]
 
     async def shutdown(self) -> None:
         """Shut the idle environments down (Lambda's Shutdown phase); the next invocation
@@ -155,7 +196,8 @@ class LambdaEmulator:
 
     async def close(self) -> None:
         """Shut every environment down, busy ones included. Idempotent."""
-        environments, self.environments = self.environments, []
+        environments = [*self.environments, *self._retired]
+        self.environments, self._retired = [], []
         await asyncio.gather(*(e.shutdown() for e in environments))
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
@@ -164,7 +206,11 @@ class LambdaEmulator:
     def _new_environment(self, init_type: InitType) -> ExecutionEnvironment:
         assert self._runtime_dir is not None
         environment = ExecutionEnvironment(
-            self.config, self._runtime_dir, init_type=init_type, hooks=self._hooks
+            self.config,
+            self._runtime_dir,
+            init_type=init_type,
+            hooks=self._hooks,
+            max_concurrency=self.max_concurrency,
         )
         environment.telemetry.subscription_status = self.telemetry_subscription_status
         environment.telemetry.withheld = self.telemetry_withheld

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from collector.testing.lambda_emulator.extensions_api import ExtensionFailure, ExtensionsAPI
 from collector.testing.lambda_emulator.runtime_api import (
+    ConcurrentRuntimeAPIServer,
     Invocation,
     RuntimeAPIServer,
     RuntimeReply,
@@ -40,6 +41,9 @@ SHUTDOWN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL, Lambda's cap on the
 # extension registered); the extensions the rest, from their SHUTDOWN event on.
 RUNTIME_SHUTDOWN_GRACE = 0.3
 RUNTIME_SHUTDOWN_GRACE_INTERNAL = 0.5
+# Under Lambda Managed Instances the runtime gets 600 ms (none when no extension registered),
+# then the extensions their 2 s from the SHUTDOWN event on (AWS's emulator of them).
+MANAGED_RUNTIME_SHUTDOWN_GRACE = 0.6
 # Lambda's limit on the Restore phase of SnapStart: loading the runtime and its after-restore
 # hooks (beyond it, Invoke fails with SnapStartTimeoutException).
 RESTORE_TIMEOUT = 10.0
@@ -69,6 +73,7 @@ RESERVED_VARIABLES = frozenset(
         "AWS_LAMBDA_INITIALIZATION_TYPE",
         "AWS_LAMBDA_LOG_GROUP_NAME",
         "AWS_LAMBDA_LOG_STREAM_NAME",
+        "AWS_LAMBDA_MAX_CONCURRENCY",
         "AWS_ACCESS_KEY",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
@@ -90,6 +95,7 @@ RUNTIME_ONLY_VARIABLES = frozenset(
         "AWS_EXECUTION_ENV",
         "AWS_LAMBDA_LOG_GROUP_NAME",
         "AWS_LAMBDA_LOG_STREAM_NAME",
+        "AWS_LAMBDA_MAX_CONCURRENCY",
         "AWS_XRAY_CONTEXT_MISSING",
         "AWS_XRAY_DAEMON_ADDRESS",
         "LAMBDA_RUNTIME_DIR",
@@ -125,8 +131,6 @@ class InitType(StrEnum):
     PROVISIONED = "provisioned-concurrency"
     SNAP_START = "snap-start"
     LAMBDA_MANAGED_INSTANCES = "lambda-managed-instances"
-    """Lambda Managed Instances, named only for code that reads the variable: the emulator does
-    not run such environments yet."""
 
 
 class Status(StrEnum):
@@ -134,11 +138,13 @@ class Status(StrEnum):
     ERROR = "error"  # the function (or its init) reported an error
     TIMEOUT = "timeout"
     CRASH = "crash"  # the runtime or an extension exited, or could not be started
+    # Refused at once, nothing ran: no runtime worker was free (Lambda Managed Instances).
+    UNAVAILABLE = "unavailable"
 
     @property
     def telemetry(self) -> str:
         """The status as the Telemetry API words it."""
-        return "failure" if self is Status.CRASH else str(self)
+        return "failure" if self in (Status.CRASH, Status.UNAVAILABLE) else str(self)
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,9 @@ class InvocationResult:
     billed_restore_duration_ms: int | None  # of the restore: the runtime and its hooks' part
     duration_ms: float  # until the runtime's response and every extension's next event request
     runtime_duration_ms: float  # until the runtime's response (or its timeout or crash)
-    billed_duration_ms: int  # rounded up to the ms; includes the init of an on-demand cold start
+    # Rounded up to the ms; includes the init of an on-demand cold start. None under Lambda
+    # Managed Instances, which bill instances, not durations.
+    billed_duration_ms: int | None
     max_memory_used_mb: int  # resident memory of the runtime and extensions at the end; 0: none
     environment_id: str
     log_stream_name: str
@@ -327,6 +335,21 @@ class ExecutionEnvironment:
     Lambda freezes its microVM. After a timeout, a crash or a failed init the environment is
     discarded: `alive` turns False and it serves nothing more. The stdout and stderr lines of
     the runtime and the extensions go to `logs`, and to the Telemetry API's subscribers.
+
+    With the init type LAMBDA_MANAGED_INSTANCES the environment serves up to `max_concurrency`
+    invocations at once, `invoke` being called concurrently: the runtime gets
+    AWS_LAMBDA_MAX_CONCURRENCY and starts that many workers, each asking for invocations
+    (`ConcurrentRuntimeAPIServer`); init is over once the extensions are ready and one worker
+    asked. An invocation that finds no worker free fails at once (Runtime.Unavailable); one that
+    times out fails without stopping its worker or the others. The environment is never frozen.
+    Extensions register for SHUTDOWN only and follow invocations through the Telemetry API, which
+    reports them as these environments do. An exit of the runtime process or a failed extension,
+    during an invocation or between them, fails the environment. A worker that dies in an
+    invocation (the runtime process living on) fails that invocation at its timeout: nothing
+    tells the runtime API about the worker, so we assume nothing earlier. Shutdown as AWS's
+    emulator of these environments does it: SIGTERM to the runtime and SIGKILL 600 ms later (at
+    once with no extension registered), the telemetry flushed, then the SHUTDOWN event, with a
+    deadline 2 s later, to the extensions registered for it, the others being killed.
     """
 
     def __init__(
@@ -336,9 +359,12 @@ class ExecutionEnvironment:
         *,
         init_type: InitType = InitType.ON_DEMAND,
         hooks: Iterable[EnvironmentHooks] = (),
+        max_concurrency: int = 1,
     ) -> None:
         self.config = config
         self.init_type = init_type
+        self.max_concurrency = max_concurrency
+        managed = init_type is InitType.LAMBDA_MANAGED_INSTANCES
         self.id = uuid.uuid4().hex
         self.log_stream_name = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{VERSION}]{self.id}"
         self.logs: list[str] = []
@@ -348,7 +374,9 @@ class ExecutionEnvironment:
         self.busy = False
         self.process: asyncio.subprocess.Process | None = None
         self.extension_processes: dict[str, asyncio.subprocess.Process] = {}
-        self.telemetry = TelemetryAPI(caller=lambda request: self.extensions.caller(request))
+        self.telemetry = TelemetryAPI(
+            caller=lambda request: self.extensions.caller(request), managed_instances=managed
+        )
         function_info = {
             "functionName": config.function_name,
             "functionVersion": VERSION,
@@ -357,9 +385,16 @@ class ExecutionEnvironment:
         }
         self._extension_paths = config.external_extensions()
         self.extensions = ExtensionsAPI(
-            function_info, self._extension_paths, self.telemetry.extension_registered
+            function_info,
+            self._extension_paths,
+            self.telemetry.extension_registered,
+            managed_instances=managed,
         )
-        self.server = RuntimeAPIServer(snap_start=init_type is InitType.SNAP_START)
+        self.server = (
+            ConcurrentRuntimeAPIServer()
+            if managed
+            else RuntimeAPIServer(snap_start=init_type is InitType.SNAP_START)
+        )
         self.server.add_routes([*self.extensions.routes(), *self.telemetry.routes()])
         self._runtime_dir = runtime_dir
         self._hooks = tuple(hooks)
@@ -368,6 +403,14 @@ class ExecutionEnvironment:
         self._extension_exits: list[asyncio.Task[int]] = []
         self._extension_readers: list[asyncio.Task[None]] = []
         self._discarded = False
+        self._shutting_down: asyncio.Task[None] | None = None
+        self._managed_init_task: asyncio.Task[_Failure | None] | None = None
+        self._health_watch: asyncio.Task[None] | None = None
+
+    @property
+    def managed(self) -> bool:
+        """A Lambda Managed Instances environment."""
+        return self.init_type is InitType.LAMBDA_MANAGED_INSTANCES
 
     @property
     def alive(self) -> bool:
@@ -378,6 +421,8 @@ class ExecutionEnvironment:
     def variables(self) -> dict[str, str]:
         """The runtime process's environment, as Lambda defines it; valid once init started."""
         variables = self._lambda_variables()
+        if self.managed:
+            variables["AWS_LAMBDA_MAX_CONCURRENCY"] = str(self.max_concurrency)
         if self.init_type is InitType.SNAP_START:
             return {k: v for k, v in variables.items() if k not in NOT_SNAP_START_VARIABLES}
         return variables
@@ -431,8 +476,12 @@ class ExecutionEnvironment:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def provision(self) -> FunctionError | None:
-        """Init ahead of any invocation (provisioned concurrency), then freeze. Returns the
-        init error, if any; the environment is then discarded."""
+        """Init ahead of any invocation (provisioned concurrency, or Lambda Managed Instances),
+        then freeze (unless managed). Returns the init error, if any; the environment is then
+        discarded."""
+        if self.managed:
+            failure = await self._managed_init(request_id=None)
+            return failure and failure.error
         failure = await self._init(request_id=None)
         if failure:
             return failure.error
@@ -444,6 +493,8 @@ class ExecutionEnvironment:
         environment's first one (cold start). It ends once the runtime replied and every
         extension asked for its next event. Never raises for what the function or the
         extensions do; see `InvocationResult`."""
+        if self.managed:
+            return await self._invoke_managed(invocation)
         cold = self.process is None
         if cold:
             failure = await self._cold_start(invocation.request_id)
@@ -504,8 +555,83 @@ class ExecutionEnvironment:
         """Shutdown phase: SIGTERM to the runtime's process group, SIGKILL to what is still
         running after 2 s. With external extensions the runtime gets 300 ms (500 ms when an
         internal extension registered), then the extensions get the SHUTDOWN event and the rest
-        of the 2 s. Idempotent."""
+        of the 2 s. (Lambda Managed Instances: see the class.) Idempotent."""
         await self._discard("spindown", grace=SHUTDOWN_GRACE)
+
+    # --- Lambda Managed Instances -----------------------------------------------------------
+
+    async def _managed_init(self, request_id: str | None) -> _Failure | None:
+        """Init, once: invocations arriving meanwhile wait for the same init. Once it
+        succeeded, the environment's health is watched."""
+        if self._managed_init_task is None:
+            self._managed_init_task = asyncio.ensure_future(self._init(request_id))
+        failure = await asyncio.shield(self._managed_init_task)
+        if failure is None and self._health_watch is None:
+            self._health_watch = asyncio.ensure_future(self._watch_health())
+        return failure
+
+    async def _watch_health(self) -> None:
+        """The environment fails when the runtime process exits or an extension fails, be it
+        in an invocation or between invocations."""
+        assert self._exited is not None
+        await asyncio.wait(
+            {self._exited, self.extensions.failure}, return_when=asyncio.FIRST_COMPLETED
+        )
+        await self._discard("failure")
+
+    async def _invoke_managed(self, invocation: Invocation) -> InvocationResult:
+        """One invocation beside others in flight, on a free runtime worker; see the class."""
+        assert isinstance(self.server, ConcurrentRuntimeAPIServer)
+        cold = self._managed_init_task is None or not self._managed_init_task.done()
+        failure = await self._managed_init(invocation.request_id)
+        if failure:
+            return self._result(
+                invocation, failure.status, failure.payload, failure.error, 0.0, 0.0, cold=True
+            )
+        if not self.alive or not self.server.idle_workers:
+            return self._unavailable(invocation, cold)
+        for hook in self._hooks:
+            await hook.on_invoke_start(self, invocation)
+        started, started_epoch = time.monotonic(), time.time()
+        invocation.deadline_ms = int(started_epoch * 1000 + self.config.timeout * 1000)
+        if not self.server.dispatch(invocation):  # taken while a hook ran
+            return self._unavailable(invocation, cold)
+        self.telemetry.invoke_start(invocation, VERSION)
+        done = await self._first(invocation.reply, timeout=self.config.timeout)
+        duration_ms = (time.monotonic() - started) * 1000
+        response_started = None
+        if invocation.reply in done:
+            reply = invocation.reply.result()
+            payload, error = _reported(reply)
+            status = Status.SUCCESS if error is None else Status.ERROR
+            response_started = reply.arrived
+        else:
+            failure = self._ended_early(invocation.request_id, self.config.timeout)
+            status, payload, error = failure.status, failure.payload, failure.error
+            self.server.expire(invocation.request_id)
+        self.telemetry.managed_report(
+            invocation,
+            status.telemetry,
+            error and error.type,
+            started=started_epoch,
+            duration_ms=duration_ms,
+            response_started=response_started,
+        )
+        result = self._result(
+            invocation, status, payload, error, duration_ms, duration_ms, cold=cold
+        )
+        for hook in self._hooks:
+            await hook.on_invoke_end(self, result)
+        if failure and failure.status is not Status.TIMEOUT:
+            await self._discard("failure")
+        return result
+
+    def _unavailable(self, invocation: Invocation, cold: bool) -> InvocationResult:
+        message = f"{_request_prefix(invocation.request_id)}Error: no runtime worker is free"
+        failure = _platform_failure(Status.UNAVAILABLE, "Runtime.Unavailable", message)
+        return self._result(
+            invocation, failure.status, failure.payload, failure.error, 0.0, 0.0, cold=cold
+        )
 
     async def _cold_start(self, request_id: str) -> _Failure | None:
         """Init; with SnapStart, the init of the snapshot, then the restore from it."""
@@ -671,17 +797,29 @@ class ExecutionEnvironment:
         self.telemetry.thaw()
 
     async def _discard(self, reason: str, grace: float = 0.0) -> None:
-        if self._discarded:
-            return
-        self._discarded = True
+        """Shut down, once; a later call waits for the same shutdown to end."""
+        if self._shutting_down is None:
+            self._discarded = True
+            self._shutting_down = asyncio.ensure_future(self._shut_down(reason, grace))
+        await asyncio.shield(self._shutting_down)
+        watch = self._health_watch
+        if watch is not None and watch is not asyncio.current_task():
+            await watch  # it ends once the runtime exited
+
+    async def _shut_down(self, reason: str, grace: float) -> None:
         for hook in self._hooks:
             await hook.on_shutdown(self, reason)
         started = time.monotonic()
-        if self.extension_processes:
-            internal = any(not e.external for e in self.extensions.extensions.values())
-            share = RUNTIME_SHUTDOWN_GRACE_INTERNAL if internal else RUNTIME_SHUTDOWN_GRACE
-            grace = min(grace, share)
-        await self._stop_runtime(grace)
+        if self.managed:
+            registered = bool(self.extensions.extensions)
+            await self._stop_runtime(MANAGED_RUNTIME_SHUTDOWN_GRACE if registered else 0.0)
+            started = time.monotonic()
+        else:
+            if self.extension_processes:
+                internal = any(not e.external for e in self.extensions.extensions.values())
+                share = RUNTIME_SHUTDOWN_GRACE_INTERNAL if internal else RUNTIME_SHUTDOWN_GRACE
+                grace = min(grace, share)
+            await self._stop_runtime(grace)
         await self._stop_extensions(reason, deadline=started + SHUTDOWN_GRACE)
         await self.telemetry.close()
         await self.server.stop()
@@ -713,7 +851,10 @@ class ExecutionEnvironment:
         self.telemetry.thaw()
         await self.telemetry.flush(timeout=deadline - time.monotonic())
         deadline_ms = int((time.time() + deadline - time.monotonic()) * 1000)
-        self.extensions.shutdown(reason, deadline_ms)
+        receivers = {extension.name for extension in self.extensions.shutdown(reason, deadline_ms)}
+        if self.managed:
+            others = [p for name, p in self.extension_processes.items() if name not in receivers]
+            self._signal(signal.SIGKILL, others)
         await asyncio.wait(self._extension_exits, timeout=max(deadline - time.monotonic(), 0.0))
         self._signal(signal.SIGKILL, extensions)
         await asyncio.gather(*self._extension_exits, *self._extension_readers)
@@ -768,7 +909,7 @@ class ExecutionEnvironment:
         init_ms = self.init_duration_ms if cold and not restored else None
         # Since August 2025 Lambda bills the init of on-demand environments with the invocation;
         # a restore is billed apart.
-        billed = math.ceil(duration_ms + (init_ms or 0.0))
+        billed = None if self.managed else math.ceil(duration_ms + (init_ms or 0.0))
         return InvocationResult(
             request_id=invocation.request_id,
             status=status,
@@ -803,13 +944,16 @@ class ExecutionEnvironment:
         self.telemetry.report(invocation, result.status.telemetry, error_type, metrics)
 
     def _memory_used_mb(self) -> int:
-        """Resident memory of the environment's live processes, in MB rounded up. Memory use
-        of a Python process rarely shrinks, so it stands for the invocation's peak."""
+        """Resident memory of the environment's live processes and their children (the
+        runtime's workers), in MB rounded up. Memory use of a Python process rarely shrinks, so
+        it stands for the invocation's peak."""
         rss = 0
         for process in self._processes():
             if process.returncode is None:
                 with contextlib.suppress(psutil.Error):
-                    rss += psutil.Process(process.pid).memory_info().rss
+                    parent = psutil.Process(process.pid)
+                    for member in (parent, *parent.children(recursive=True)):
+                        rss += member.memory_info().rss
         return math.ceil(rss / 2**20)
 
     def _processes(self) -> list[asyncio.subprocess.Process]:

@@ -7,6 +7,11 @@ executables the environment started from a layer's `extensions/`; any other name
 internal extension (from inside the runtime process), which may not register for SHUTDOWN.
 Refusals are JSON `{errorMessage, errorType}` with 400 (bad request) or 403 (unknown
 identifier, wrong phase, or an extension that reported an error).
+
+Under Lambda Managed Instances an external extension may register for SHUTDOWN only and an
+internal one for no event (403 `Extension.InvalidEventType` otherwise): no INVOKE event is
+ever sent, so `/event/next` answers SHUTDOWN alone, and extensions follow invocations through
+the Telemetry API.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class ExtensionsAPI:
 
     `function_info` is the body of a successful registration (functionName, functionVersion,
     handler, accountId; accountId only for `Lambda-Extension-Accept-Feature: accountId`).
+    `managed_instances`: the registration rules of Lambda Managed Instances (see the module).
     Not thread-safe: use it from the event loop of the environment's server.
     """
 
@@ -83,7 +89,10 @@ class ExtensionsAPI:
         function_info: dict[str, str],
         external: Collection[str] = (),
         on_register: Callable[[Extension], None] = lambda extension: None,
+        *,
+        managed_instances: bool = False,
     ) -> None:
+        self.managed_instances = managed_instances
         self.extensions: dict[str, Extension] = {}  # by identifier, in registration order
         self._function_info = function_info
         self._external = frozenset(external)
@@ -173,6 +182,11 @@ class ExtensionsAPI:
         if len(self.extensions) >= MAX_EXTENSIONS:
             return _refusal(400, "TooManyExtensions", f"at most {MAX_EXTENSIONS} extensions")
         external = name in self._external
+        if self.managed_instances:
+            allowed = {"SHUTDOWN"} if external else set()
+            if refused := sorted(set(events) - allowed):
+                message = f"events not allowed under Lambda Managed Instances: {refused}"
+                return _refusal(403, "Extension.InvalidEventType", message)
         if not external and "SHUTDOWN" in events:
             message = "internal extensions cannot register for SHUTDOWN"
             return _refusal(400, "ShutdownEventNotSupportedForInternalExtension", message)

@@ -11,11 +11,15 @@ With SnapStart the runtime ends its init with `GET /runtime/restore/next`, which
 after-restore hooks and asks for its first invocation, or reports the hooks' failure with
 `POST /runtime/restore/error` (202). Outside of that step, both are refused 403
 `InvalidStateTransition`.
+
+Under Lambda Managed Instances (`ConcurrentRuntimeAPIServer`) several runtime workers hold
+`/invocation/next` at once; see that class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from collections.abc import Iterable
@@ -86,6 +90,8 @@ class RuntimeAPIServer:
     Not thread-safe: use it from the event loop that started it.
     """
 
+    _SERVES_RESTORE = True
+
     def __init__(self, *, snap_start: bool = False) -> None:
         # Above the payload limit, so that an oversized response reaches the handler and gets
         # the documented 413 answer rather than aiohttp's own.
@@ -96,10 +102,15 @@ class RuntimeAPIServer:
                 web.post(f"{PREFIX}/invocation/{{request_id}}/response", self._post_response),
                 web.post(f"{PREFIX}/invocation/{{request_id}}/error", self._post_error),
                 web.post(f"{PREFIX}/init/error", self._post_init_error),
-                web.get(f"{PREFIX}/restore/next", self._get_restore_next),
-                web.post(f"{PREFIX}/restore/error", self._post_restore_error),
             ]
         )
+        if self._SERVES_RESTORE:
+            self.app.add_routes(
+                [
+                    web.get(f"{PREFIX}/restore/next", self._get_restore_next),
+                    web.post(f"{PREFIX}/restore/error", self._post_restore_error),
+                ]
+            )
         self._snap_start = snap_start
         self.address = ""
         self._runner: web.AppRunner | None = None
@@ -135,11 +146,13 @@ class RuntimeAPIServer:
         self._restoring = True
         self._restored.set_result(None)
 
-    def dispatch(self, invocation: Invocation) -> None:
-        """Hand `invocation` to the runtime's pending (or next) request for an invocation."""
+    def dispatch(self, invocation: Invocation) -> bool:
+        """Hand `invocation` to the runtime's pending (or next) request for an invocation;
+        always accepted (True)."""
         self._ready = asyncio.get_running_loop().create_future()
         self._current = invocation
         self._queue.put_nowait(invocation)
+        return True
 
     async def start(self) -> None:
         # handler_cancellation: a runtime killed while long-polling /next must not leave its
@@ -168,18 +181,20 @@ class RuntimeAPIServer:
         invocation = await self._queue.get()
         return web.Response(body=invocation.event, headers=invocation.headers())
 
-    def _in_flight(self, request: web.Request) -> Invocation | None:
+    def _claim(self, request_id: str) -> Invocation | web.Response:
+        """The invocation in flight under `request_id`, no longer in flight (so that a second
+        post is refused), or the refusal of the post."""
         current = self._current
-        if current is None or current.request_id != request.match_info["request_id"]:
-            return None
+        if current is None or current.request_id != request_id:
+            return _refusal(400, "InvalidRequestID", "Invalid request ID")
+        self._current = None
         return current
 
     async def _post_response(self, request: web.Request) -> web.Response:
         arrived = time.time()
-        invocation = self._in_flight(request)
-        if invocation is None:
-            return _refusal(400, "InvalidRequestID", "Invalid request ID")
-        self._current = None  # before awaiting, so that a second post is refused
+        invocation = self._claim(request.match_info["request_id"])
+        if isinstance(invocation, web.Response):
+            return invocation
         body = await request.read()
         if len(body) > MAX_RESPONSE_BYTES:
             message = (
@@ -196,10 +211,9 @@ class RuntimeAPIServer:
 
     async def _post_error(self, request: web.Request) -> web.Response:
         arrived = time.time()
-        invocation = self._in_flight(request)
-        if invocation is None:
-            return _refusal(400, "InvalidRequestID", "Invalid request ID")
-        self._current = None
+        invocation = self._claim(request.match_info["request_id"])
+        if isinstance(invocation, web.Response):
+            return invocation
         error_type = request.headers.get(_ERROR_TYPE_HEADER, "Unhandled")
         invocation.reply.set_result(RuntimeReply(await request.read(), error_type, arrived))
         return web.json_response(_ACCEPTED, status=202)
@@ -229,3 +243,66 @@ class RuntimeAPIServer:
         error_type = request.headers.get(_ERROR_TYPE_HEADER, "Unhandled")
         self.restore_error.set_result(RuntimeReply(body, error_type))
         return web.json_response(_ACCEPTED, status=202)
+
+
+class ConcurrentRuntimeAPIServer(RuntimeAPIServer):
+    """The Runtime API under Lambda Managed Instances: the runtime's workers each long-poll
+    `/invocation/next`, so that as many invocations as workers waiting can be in flight at once.
+
+    `dispatch` hands an invocation to the worker that has waited longest; with no worker waiting
+    it refuses (False) at once, as Lambda rejects such an invoke with Runtime.Unavailable rather
+    than queue it. Posts are routed by request id. After `expire` (the invocation timed out) the
+    worker is left running; its late post is refused with 400 `Runtime.InvokeTimeout` (the
+    error AWS's emulator names; the status code is our conservative choice, a refusal the
+    runtime logs and carries on from), and it asks for its next invocation afterwards. `ready`
+    resolves at the first request for an invocation: the runtime's part of init is over. No
+    SnapStart: the restore routes are not served.
+    """
+
+    _SERVES_RESTORE = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: collections.deque[asyncio.Future[Invocation]] = collections.deque()
+        self._in_flight: dict[str, Invocation] = {}
+        self._expired: set[str] = set()
+
+    @property
+    def idle_workers(self) -> int:
+        """How many workers wait for an invocation."""
+        return sum(not worker.done() for worker in self._waiting)
+
+    def dispatch(self, invocation: Invocation) -> bool:
+        while self._waiting:
+            worker = self._waiting.popleft()
+            if not worker.done():
+                self._in_flight[invocation.request_id] = invocation
+                worker.set_result(invocation)
+                return True
+        return False
+
+    def expire(self, request_id: str) -> None:
+        """The invocation timed out: a post for it is refused from now on."""
+        if self._in_flight.pop(request_id, None) is not None:
+            self._expired.add(request_id)
+
+    async def _get_next(self, request: web.Request) -> web.Response:
+        self._initialized = True
+        if not self._ready.done():
+            self._ready.set_result(None)
+        worker: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
+        self._waiting.append(worker)
+        try:
+            invocation = await worker
+        finally:
+            if worker in self._waiting:  # the worker went away while waiting
+                self._waiting.remove(worker)
+        return web.Response(body=invocation.event, headers=invocation.headers())
+
+    def _claim(self, request_id: str) -> Invocation | web.Response:
+        invocation = self._in_flight.pop(request_id, None)
+        if invocation is not None:
+            return invocation
+        if request_id in self._expired:
+            return _refusal(400, "Runtime.InvokeTimeout", "Invocation timed out")
+        return _refusal(400, "InvalidRequestID", "Invalid request ID")

@@ -11,6 +11,12 @@ maxBytes are reached; a failed POST is retried with backoff. Deliveries wait whi
 environment is frozen, so an invocation's last events (its platform.report) reach subscribers
 in the next invocation or at shutdown, as on Lambda. Events of init are kept for extensions that
 subscribe during init, so that they also get platform.initStart.
+
+Under Lambda Managed Instances (`managed_instances`) the events follow AWS's emulator of them:
+platform.start carries functionArn, each invocation ends with platform.report whose metrics are
+durationMs alone and which carries the responseLatency and responseDuration spans, and there is
+no platform.runtimeDone. Lambda documents that these environments require the schema
+2025-01-29; we refuse any other (400), the conservative reading.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from collector.testing.lambda_emulator.sandbox import SANDBOX_ADDRESS, SANDBOX_H
 
 PATH = "/2022-07-01/telemetry"
 SCHEMA_VERSIONS = frozenset({"2022-07-01", "2022-12-13", "2025-01-29"})
+MANAGED_INSTANCES_SCHEMA_VERSION = "2025-01-29"
 TYPES = frozenset({"platform", "function", "extension"})
 # name: (default, minimum, maximum)
 BUFFERING = {
@@ -155,10 +162,17 @@ class TelemetryAPI:
     event loop of the environment's server. `close` ends every delivery. With
     `subscription_status` set, every valid subscription is answered with that status instead
     (a fault as Lambda may answer it), and nothing is subscribed. Events whose type is in
-    `withheld` are never delivered (a fault: they are lost on the way)."""
+    `withheld` are never delivered (a fault: they are lost on the way). `managed_instances`:
+    the subscriptions and events of Lambda Managed Instances (see the module)."""
 
-    def __init__(self, caller: Callable[[web.Request], Extension | None]) -> None:
+    def __init__(
+        self,
+        caller: Callable[[web.Request], Extension | None],
+        *,
+        managed_instances: bool = False,
+    ) -> None:
         self._caller = caller
+        self.managed_instances = managed_instances
         self._subscriptions: dict[str, Subscription] = {}  # by extension id
         self._deliveries: dict[str, asyncio.Task[None]] = {}
         self._init_events: list[tuple[dict[str, Any], int]] | None = []
@@ -260,6 +274,8 @@ class TelemetryAPI:
             "version": version,
             "tracing": _tracing(invocation),
         }
+        if self.managed_instances:
+            record["functionArn"] = invocation.function_arn
         self.record("platform.start", record)
 
     def runtime_done(
@@ -287,15 +303,7 @@ class TelemetryAPI:
         if produced_bytes is not None:
             metrics["producedBytes"] = produced_bytes
         if response_started is not None:
-            latency_ms = (response_started - started) * 1000
-            record["spans"] = [
-                {"name": "responseLatency", "start": timestamp(started), "durationMs": latency_ms},
-                {
-                    "name": "responseDuration",
-                    "start": timestamp(response_started),
-                    "durationMs": max(duration_ms - latency_ms, 0.0),
-                },
-            ]
+            record["spans"] = _response_spans(started, response_started, duration_ms)
         self.record("platform.runtimeDone", record)
 
     def report(
@@ -316,6 +324,31 @@ class TelemetryAPI:
         }
         if error_type:
             record["errorType"] = error_type
+        self.record("platform.report", record)
+
+    def managed_report(
+        self,
+        invocation: Invocation,
+        status: str,
+        error_type: str | None,
+        *,
+        started: float,
+        duration_ms: float,
+        response_started: float | None = None,
+    ) -> None:
+        """platform.report under Lambda Managed Instances: metrics are durationMs alone (3
+        decimals); the response spans are on it when the runtime responded. `started` and
+        `response_started` are epoch seconds."""
+        record: dict[str, Any] = {
+            "requestId": invocation.request_id,
+            "status": status,
+            "metrics": {"durationMs": round(duration_ms, 3)},
+            "tracing": _tracing(invocation),
+        }
+        if error_type:
+            record["errorType"] = error_type
+        if response_started is not None:
+            record["spans"] = _response_spans(started, response_started, duration_ms)
         self.record("platform.report", record)
 
     def extension_registered(self, extension: Extension) -> None:
@@ -341,8 +374,9 @@ class TelemetryAPI:
         if not isinstance(body, dict):
             body = {}
         errors: list[str] = []
-        if body.get("schemaVersion") not in SCHEMA_VERSIONS:
-            errors.append(f"schemaVersion must be one of {sorted(SCHEMA_VERSIONS)}")
+        versions = {MANAGED_INSTANCES_SCHEMA_VERSION} if self.managed_instances else SCHEMA_VERSIONS
+        if body.get("schemaVersion") not in versions:
+            errors.append(f"schemaVersion must be one of {sorted(versions)}")
         types = body.get("types")
         if not isinstance(types, list) or not types or not set(types) <= TYPES:
             errors.append(f"types should be a non-empty list of {sorted(TYPES)}")
@@ -405,3 +439,17 @@ class TelemetryAPI:
 
 def _tracing(invocation: Invocation) -> dict[str, str]:
     return {"type": "X-Amzn-Trace-Id", "value": invocation.trace_header}
+
+
+def _response_spans(started: float, response_started: float, duration_ms: float) -> list[dict]:
+    """responseLatency (event sent to the runtime's first response byte) and responseDuration
+    (the rest of `duration_ms`); times in epoch seconds."""
+    latency_ms = (response_started - started) * 1000
+    return [
+        {"name": "responseLatency", "start": timestamp(started), "durationMs": latency_ms},
+        {
+            "name": "responseDuration",
+            "start": timestamp(response_started),
+            "durationMs": max(duration_ms - latency_ms, 0.0),
+        },
+    ]
