@@ -42,6 +42,7 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/import_cycles.py collector instrumentation
 
 test: lint test-servers lambda-runtimes
 	$(BIN)/pytest -q

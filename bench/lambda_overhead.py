@@ -53,8 +53,8 @@ from pathlib import Path
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.component import Signal
 from collector.pdata import get_attr, resources
+from collector.signals import Signal
 from collector.testing.backend import Backend, Request
 from collector.testing.lambda_emulator import InvocationResult, LambdaEmulator, Status
 

@@ -1,4 +1,4 @@
-"""Component identity, kinds, signals and the factory registry.
+"""Component identity, kinds, stability and the factory registry.
 
 Every component type registers one factory. A factory is plain data plus a `create` callable
 (usually the component class itself), so every component has the same shape:
@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
+from collector.signals import Signal
+
 if TYPE_CHECKING:
     from collector.telemetry import Telemetry
 
@@ -38,12 +40,6 @@ class Kind(enum.StrEnum):
     def section(self) -> str:
         """The top-level config key holding components of this kind."""
         return self.value + "s"
-
-
-class Signal(enum.StrEnum):
-    TRACES = "traces"
-    METRICS = "metrics"
-    LOGS = "logs"
 
 
 class Stability(enum.StrEnum):

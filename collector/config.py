@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from collector.component import ComponentID, Factory, Kind, Registry, Signal
+from collector.component import ComponentID, Factory, Kind, Registry
 from collector.config_types import ComponentConfig, Duration, ListenEndpoint
+from collector.signals import Signal
 
 SIGNALS = ", ".join(s.value for s in Signal)
 

@@ -25,7 +25,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.component import Signal
+from collector.signals import Signal
 
 Traces = ExportTraceServiceRequest
 Metrics = ExportMetricsServiceRequest
@@ -37,8 +37,6 @@ RESPONSE_TYPES = {
     Signal.METRICS: ExportMetricsServiceResponse,
     Signal.LOGS: ExportLogsServiceResponse,
 }
-# The word the Collector's own metrics use for one item of each signal.
-ITEM_NAMES = {Signal.TRACES: "spans", Signal.METRICS: "metric_points", Signal.LOGS: "log_records"}
 
 
 def signal_of(batch) -> Signal:

@@ -8,10 +8,11 @@ import logging
 import signal as signals
 import time
 
-from collector.component import ComponentID, Kind, Registry, Settings, Signal
+from collector.component import ComponentID, Kind, Registry, Settings
 from collector.config import Pipeline, ServiceConfig
 from collector.consumer import Consumer
 from collector.fanout import fan_out
+from collector.signals import Signal
 from collector.telemetry import MetricsServer, Telemetry, component_logger
 
 log = logging.getLogger("coldtail.service")

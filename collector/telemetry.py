@@ -18,9 +18,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import disable_created_metrics as _disable_created_metrics
 
-from collector.component import Signal
 from collector.config_types import split_endpoint
-from collector.pdata import ITEM_NAMES
+from collector.signals import ITEM_NAMES, Signal
 
 _disable_created_metrics()
 

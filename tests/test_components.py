@@ -7,9 +7,10 @@ import pytest
 import yaml
 from aiohttp import web
 
-from collector.component import Factory, Kind, Signal
+from collector.component import Factory, Kind
 from collector.components import registry
 from collector.pdata import count_items
+from collector.signals import Signal
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from collector.testing.components import StaticHost, make_settings
 from collector.testing.sinks import SinkConsumer

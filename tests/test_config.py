@@ -3,10 +3,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.component import ComponentID, Kind, Signal
+from collector.component import ComponentID, Kind
 from collector.components import registry
 from collector.config import ConfigError, validate
 from collector.confmap import load
+from collector.signals import Signal
 
 TESTDATA = Path(__file__).parent / "testdata"
 CASES = yaml.safe_load((TESTDATA / "invalid_configs.yaml").read_text())

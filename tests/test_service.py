@@ -1,9 +1,10 @@
 import pytest
 import yaml
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.config import validate
 from collector.service import GraphError, Service
+from collector.signals import Signal
 from collector.testing import recording
 from collector.testing.builders import make_logs, make_traces
 from collector.testing.recording import EVENTS, INSTANCES, recording_registry

@@ -32,10 +32,11 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from collector.component import Factory, Host, Kind, Settings, Signal, Stability
+from collector.component import Factory, Host, Kind, Settings, Stability
 from collector.config_types import ComponentConfig, Duration, parse_duration
 from collector.consumer import Consumer
 from collector.pdata import Metrics, Traces, count_metric_points, duration_ns
+from collector.signals import Signal
 
 SERVICE_NAME = "service.name"
 SPAN_NAME = "span.name"

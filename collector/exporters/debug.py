@@ -19,9 +19,10 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import Field
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig
 from collector.pdata import any_value_to_python, count_items, duration_ns, metric_points
+from collector.signals import Signal
 
 
 class Config(ComponentConfig):

@@ -21,10 +21,11 @@ from typing import BinaryIO, Literal
 from pydantic import Field, field_validator
 
 from collector import otlpjson
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig, Duration
 from collector.consumer import RetryableError
 from collector.pdata import count_items
+from collector.signals import Signal
 
 _MIB = 1024 * 1024
 _BUFFER_BYTES = 256 * 1024

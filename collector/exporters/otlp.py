@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import Me
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import ConsumerError, PermanentError, RetryableError
 from collector.exporters.sender import (
@@ -26,6 +26,7 @@ from collector.exporters.sender import (
     TLSClientConfig,
     check_partial_success,
 )
+from collector.signals import Signal
 
 _STUBS = {
     Signal.TRACES: TraceServiceStub,

@@ -17,7 +17,7 @@ from google.rpc import status_pb2
 from pydantic import Field, field_validator, model_validator
 
 from collector import otlpjson
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import PermanentError, RetryableError
 from collector.exporters.http_client import (
@@ -32,6 +32,7 @@ from collector.exporters.sender import (
     check_partial_success,
 )
 from collector.pdata import RESPONSE_TYPES
+from collector.signals import Signal
 
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _CONTENT_TYPES = {"proto": "application/x-protobuf", "json": "application/json"}

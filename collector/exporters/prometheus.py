@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig, Duration, ListenEndpoint, split_endpoint
 from collector.exporters import promnames
 from collector.exporters.promnames import Labels, MetricType, Point
 from collector.pdata import count_items
+from collector.signals import Signal
 
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -19,7 +19,7 @@ import aiohttp
 import cramjam
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import PermanentError, RetryableError
 from collector.exporters import promnames, prompb
@@ -31,6 +31,7 @@ from collector.exporters.http_client import (
 )
 from collector.exporters.prometheus import ResourceToTelemetryConfig
 from collector.exporters.sender import Exporter, SenderConfig
+from collector.signals import Signal
 
 _HEADERS = {
     "Content-Encoding": "snappy",

@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import Field, model_validator
 
-from collector.component import Settings, Signal
+from collector.component import Settings
 from collector.config_types import ComponentConfig, Duration, format_duration
 from collector.consumer import PermanentError, RetryableError
-from collector.pdata import ITEM_NAMES, count_items
+from collector.pdata import count_items
+from collector.signals import ITEM_NAMES, Signal
 
 Push = Callable[[object], Awaitable[None]]
 

@@ -4,13 +4,14 @@ spans, log records and metric data points, optionally only for those selected by
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import Consumer
 from collector.pdata import iter_items, metric_points
 from collector.processors.attraction import Actions, AttributeActions
 from collector.processors.base import Processor
 from collector.processors.matching import MatchProperties, selector
+from collector.signals import Signal
 
 
 class Config(ComponentConfig):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collector.component import Settings, Signal
+from collector.component import Settings
 from collector.consumer import Consumer
 from collector.pdata import count_items
+from collector.signals import Signal
 
 
 class Processor:

@@ -13,11 +13,12 @@ import contextlib
 
 from pydantic import Field, model_validator
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig, Duration
 from collector.consumer import Consumer
 from collector.pdata import LEVELS, count_items, metric_points, new_batch, resources, signal_of
 from collector.processors.base import Processor
+from collector.signals import Signal
 
 
 class Config(ComponentConfig):

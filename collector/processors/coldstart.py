@@ -67,11 +67,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import Field
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig, Duration
 from collector.consumer import Consumer
 from collector.pdata import duration_ns, is_entry_span
 from collector.processors.base import Processor
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 
 FAAS_COLDSTART = "faas.coldstart"

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import Consumer
 from collector.pdata import LEVELS, count_items, resources
@@ -32,6 +32,7 @@ from collector.processors.matching import (
     Predicate,
     selector,
 )
+from collector.signals import Signal
 
 
 class SpanFilter(ComponentConfig):

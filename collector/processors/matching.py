@@ -23,9 +23,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from collector.component import Signal
 from collector.config_types import ComponentConfig
 from collector.pdata import any_value_to_python, find_attr
+from collector.signals import Signal
 
 # (resource, scope, item) -> matches. The item is a span, a metric or a log record.
 Predicate = Callable[[Any, Any, Any], bool]

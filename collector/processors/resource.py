@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig
 from collector.consumer import Consumer
 from collector.pdata import resources
 from collector.processors.attraction import Actions, AttributeActions
 from collector.processors.base import Processor
+from collector.signals import Signal
 
 
 class Config(ComponentConfig):

@@ -55,12 +55,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.config_types import ComponentConfig, Duration
 from collector.consumer import Consumer
 from collector.pdata import any_value_to_python, is_entry_span, set_attr
 from collector.processors.base import Processor
 from collector.processors.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
+from collector.signals import Signal
 
 SPAN_NAME = "span.name"
 SPAN_KIND = "span.kind"

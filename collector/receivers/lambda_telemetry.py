@@ -80,7 +80,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Host, Kind, Settings, Signal, Stability
+from collector.component import Factory, Host, Kind, Settings, Stability
 from collector.config_types import ComponentConfig, ListenEndpoint, split_endpoint
 from collector.consumer import Consumer
 from collector.pdata import (
@@ -97,6 +97,7 @@ from collector.processors.coldstart import (
     init_reports,
     normalize_init_type,
 )
+from collector.signals import Signal
 
 # The instrumentation scope of everything this receiver makes.
 SCOPE_NAME = "coldtail/lambda_telemetry"

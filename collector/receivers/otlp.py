@@ -26,10 +26,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from collector import otlpjson
-from collector.component import Factory, Host, Kind, Settings, Signal, Stability
+from collector.component import Factory, Host, Kind, Settings, Stability
 from collector.config_types import ComponentConfig, ListenEndpoint, split_endpoint
 from collector.consumer import Consumer, PermanentError, RetryableError
 from collector.pdata import REQUEST_TYPES, RESPONSE_TYPES, count_items
+from collector.signals import Signal
 
 if TYPE_CHECKING:
     import grpc

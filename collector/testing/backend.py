@@ -34,8 +34,8 @@ from google.protobuf.any_pb2 import Any
 from google.rpc import error_details_pb2, status_pb2
 
 from collector import otlpjson
-from collector.component import Signal
 from collector.pdata import REQUEST_TYPES, RESPONSE_TYPES, count_items
+from collector.signals import Signal
 
 _GRPC_SERVICES = {
     Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from collector import otlpjson
-from collector.component import Signal
 from collector.pdata import REQUEST_TYPES
+from collector.signals import Signal
 
 _TOP_KEYS = {
     "resourceSpans": Signal.TRACES,

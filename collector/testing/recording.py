@@ -7,9 +7,10 @@ connector `testconn` (same signal in and out) and extension `testext`. Every ins
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind, Registry, Signal, Stability
+from collector.component import Factory, Kind, Registry, Stability
 from collector.config_types import ComponentConfig
 from collector.processors.base import Processor
+from collector.signals import Signal
 
 EVENTS: list[str] = []
 INSTANCES: dict[tuple, object] = {}

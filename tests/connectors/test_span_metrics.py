@@ -8,12 +8,13 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector import otlpjson
-from collector.component import Factory, Kind, Signal
+from collector.component import Factory, Kind
 from collector.config import validate
 from collector.connectors.span_metrics import Config, factory
 from collector.consumer import RetryableError
 from collector.pdata import Metrics, Traces, any_value_to_python, count_metric_points, get_attr
 from collector.service import Service
+from collector.signals import Signal
 from collector.testing import recording
 from collector.testing.builders import make_traces
 from collector.testing.components import StaticHost, make_settings

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.component import Signal
 from collector.pdata import any_value_to_python, iter_spans
+from collector.signals import Signal
 from collector.testing.jsonl import read_requests
 from collector.testing.process import CollectorProcess, free_port
 

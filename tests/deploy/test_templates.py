@@ -15,8 +15,8 @@ import hcl2
 from cfnlint.decode import decode
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 
-from collector.component import Signal
 from collector.pdata import get_attr, iter_spans
+from collector.signals import Signal
 from collector.testing.backend import Backend
 from collector.testing.lambda_emulator import LambdaEmulator, Status
 

@@ -9,7 +9,7 @@ from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-from collector.component import Signal
+from collector.signals import Signal
 from collector.testing.jsonl import read_requests
 from collector.testing.process import CollectorProcess, free_port
 from tests.e2e import otlp_items

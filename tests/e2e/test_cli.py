@@ -8,8 +8,9 @@ import urllib.request
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.components import registry
+from collector.signals import Signal
 from collector.testing.jsonl import read_requests
 from collector.testing.process import CollectorProcess, free_port
 from tests.e2e.test_sdk_to_file import make_spans

@@ -9,7 +9,7 @@ import threading
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from collector.component import Signal
+from collector.signals import Signal
 from collector.testing.backend import Backend
 from collector.testing.builders import make_traces
 from collector.testing.process import CollectorProcess, free_port

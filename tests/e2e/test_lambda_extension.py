@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.component import Signal
 from collector.pdata import get_attr, iter_spans, metric_points
+from collector.signals import Signal
 from collector.testing.backend import Backend
 from collector.testing.lambda_emulator import LambdaEmulator, Status
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.component import Signal
 from collector.pdata import get_attr, iter_spans
+from collector.signals import Signal
 from collector.testing.jsonl import read_requests
 from collector.testing.lambda_emulator import LambdaEmulator, Status
 from collector.testing.process import CollectorProcess, free_port

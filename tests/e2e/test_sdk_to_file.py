@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from collector.component import Signal
+from collector.signals import Signal
 from collector.testing.jsonl import read_requests
 from collector.testing.process import CollectorProcess, free_port
 from tests.e2e import otlp_items

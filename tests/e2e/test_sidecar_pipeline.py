@@ -8,8 +8,8 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.component import Signal
 from collector.pdata import get_attr, iter_spans
+from collector.signals import Signal
 from collector.testing.backend import Backend
 from collector.testing.builders import make_traces
 from collector.testing.process import CollectorProcess, free_port

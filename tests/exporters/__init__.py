@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind, Signal
-from collector.pdata import ITEM_NAMES
+from collector.component import Factory, Kind
+from collector.signals import ITEM_NAMES, Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from collector.testing.components import StaticHost, make_settings

@@ -6,9 +6,10 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import ValidationError
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.exporters import debug
 from collector.pdata import Logs, Metrics, Traces, set_attr
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from collector.testing.components import StaticHost, make_settings

@@ -10,10 +10,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import ValidationError
 
 from collector import otlpjson
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.consumer import RetryableError
 from collector.exporters import file
 from collector.pdata import REQUEST_TYPES, Traces, set_attr
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from collector.testing.components import StaticHost, make_settings

@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from pydantic import ValidationError
 
 from collector import otlpjson
-from collector.component import Signal
 from collector.consumer import PermanentError, RetryableError
 from collector.exporters import otlp
-from collector.pdata import ITEM_NAMES, Traces, get_attr
+from collector.pdata import Traces, get_attr
+from collector.signals import ITEM_NAMES, Signal
 from collector.testing.backend import Backend, self_signed_cert
 from collector.testing.builders import make_traces
 from tests.exporters import BATCHES, FAST_RETRY, NO_QUEUE, Harness

@@ -10,10 +10,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from pydantic import ValidationError
 
-from collector.component import Signal
 from collector.consumer import RetryableError
 from collector.exporters import otlphttp
 from collector.exporters.http_client import parse_retry_after
+from collector.signals import Signal
 from collector.testing.backend import Backend, self_signed_cert
 from collector.testing.builders import make_traces
 from tests.exporters import BATCHES, FAST_RETRY, NO_QUEUE, Harness

@@ -5,9 +5,10 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.exporters import prometheus
 from collector.pdata import Metrics, set_attr
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_metrics
 from collector.testing.components import StaticHost, make_settings

@@ -8,11 +8,12 @@ from aiohttp import web
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from pydantic import ValidationError
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.consumer import PermanentError
 from collector.exporters import prometheusremotewrite as prw
 from collector.exporters import prompb
 from collector.pdata import Metrics, set_attr
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_metrics
 from collector.testing.components import StaticHost, make_settings

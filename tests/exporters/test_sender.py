@@ -5,9 +5,10 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.consumer import PermanentError, RetryableError
 from collector.exporters.sender import QueueConfig, RetryConfig, Sender, SenderConfig
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_traces
 from collector.testing.components import make_settings

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from awslambdaric.lambda_context import LambdaContext
 
-from collector.component import Signal
 from collector.pdata import any_value_to_python, iter_spans
 from collector.receivers.otlp import Config, OtlpReceiver
+from collector.signals import Signal
 from collector.testing.components import StaticHost, make_settings
 from collector.testing.sinks import SinkConsumer
 

@@ -14,7 +14,6 @@ import time
 import pytest
 
 from collector import otlpjson
-from collector.component import Signal
 from collector.lambda_extension.forwarder import Forwarder
 from collector.lambda_extension.front_door import (
     INVOCATION_DONE_HEADER,
@@ -27,6 +26,7 @@ from collector.lambda_extension.http11 import request
 from collector.lambda_extension.plan import PRIVATE_ENDPOINT
 from collector.pdata import get_attr, iter_spans
 from collector.receivers import lambda_telemetry, otlp
+from collector.signals import Signal
 from collector.testing.builders import make_traces
 from collector.testing.components import StaticHost, make_settings
 from collector.testing.sinks import SinkConsumer

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind, Signal
+from collector.component import Factory, Kind
+from collector.signals import Signal
 from collector.testing.components import make_settings
 from collector.testing.sinks import SinkConsumer
 

@@ -3,10 +3,10 @@ import hashlib
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.component import Signal
 from collector.pdata import get_attr, iter_items, iter_spans, metric_points, set_attr
 from collector.processors.attraction import AttributeActions
 from collector.processors.attributes import Config, factory
+from collector.signals import Signal
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from tests.processors import make_processor, processor_metric
 

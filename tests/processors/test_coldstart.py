@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.pdata import Traces, any_value_to_python, set_attr
 from collector.processors.coldstart import (
     ColdStartProcessor,
@@ -15,6 +15,7 @@ from collector.processors.coldstart import (
     factory,
     init_reports,
 )
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_traces
 from collector.testing.components import make_settings

@@ -3,9 +3,9 @@ import logging
 import psutil
 import pytest
 
-from collector.component import Signal
 from collector.consumer import RetryableError
 from collector.processors.memory_limiter import MIB, Config, factory, total_memory
+from collector.signals import Signal
 from collector.testing.builders import make_logs, make_traces
 from tests.processors import make_processor, processor_metric
 

@@ -1,8 +1,8 @@
 import pytest
 
-from collector.component import Signal
 from collector.pdata import get_attr, resources
 from collector.processors.resource import factory
+from collector.signals import Signal
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from tests.processors import make_processor, processor_metric
 

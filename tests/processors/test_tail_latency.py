@@ -5,10 +5,11 @@ from bisect import insort
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.pdata import get_attr, iter_spans
 from collector.processors.sketch import Sketch, WindowedSketch
 from collector.processors.tail_latency import Config, factory
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_traces
 from collector.testing.components import make_settings

@@ -7,12 +7,13 @@ import pytest
 import yaml
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.consumer import RetryableError
 from collector.pdata import Traces, get_attr, iter_spans
 from collector.processors.tail_sampling import factory
 from collector.processors.tail_sampling.config import Config
 from collector.processors.tail_sampling.policies.probabilistic import fnv1a_64
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_traces
 from collector.testing.components import make_settings

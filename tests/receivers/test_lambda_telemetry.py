@@ -15,12 +15,13 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from collector.component import Kind, Signal
+from collector.component import Kind
 from collector.consumer import RetryableError
 from collector.pdata import any_value_to_python, get_attr
 from collector.processors import coldstart
 from collector.processors.coldstart import InitReport, init_reports
 from collector.receivers.lambda_telemetry import Config, LambdaTelemetryReceiver, factory
+from collector.signals import Signal
 from collector.telemetry import Telemetry
 from collector.testing.builders import make_traces
 from collector.testing.components import StaticHost, make_settings

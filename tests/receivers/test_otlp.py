@@ -43,10 +43,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from collector import otlpjson
-from collector.component import Signal
 from collector.consumer import PermanentError, RetryableError
 from collector.pdata import Traces, get_attr, iter_spans
 from collector.receivers.otlp import Config, OtlpReceiver, factory
+from collector.signals import Signal
 from collector.testing.builders import make_logs, make_metrics, make_traces
 from collector.testing.components import StaticHost, make_settings
 from collector.testing.sinks import ErrorConsumer, SinkConsumer

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from collector.component import Factory, Kind, Settings, Signal, Stability
+from collector.component import Factory, Kind, Settings, Stability
 from collector.consumer import Consumer
 from collector.pdata import Traces, count_items, count_spans
 from collector.processors.base import Processor
 from collector.processors.tail_sampling.config import Config
 from collector.processors.tail_sampling.policies.base import Decision, Evaluator
 from collector.processors.tail_sampling.trace import Fragment, Trace
+from collector.signals import Signal
 
 # Decisions come at most a tenth of decision_wait late, without waking more than 100 times a
 # second or less than once a second.
