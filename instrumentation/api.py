@@ -51,6 +51,7 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 
 from instrumentation import spans
+from instrumentation.resource import whole_number
 
 try:
     # What the API's own tracers use: it also decorates coroutine functions correctly.
@@ -78,14 +79,14 @@ class Limits:
     )
 
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
-        count = _env_limit(environ, "OTEL_ATTRIBUTE_COUNT_LIMIT", _DEFAULT_LIMIT)
-        length = _env_limit(environ, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", None)
-        self.attributes = _env_limit(environ, "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", count)
-        self.events = _env_limit(environ, "OTEL_SPAN_EVENT_COUNT_LIMIT", _DEFAULT_LIMIT)
-        self.links = _env_limit(environ, "OTEL_SPAN_LINK_COUNT_LIMIT", _DEFAULT_LIMIT)
-        self.event_attributes = _env_limit(environ, "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", count)
-        self.link_attributes = _env_limit(environ, "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", count)
-        self.span_attribute_length = _env_limit(
+        count = whole_number(environ, "OTEL_ATTRIBUTE_COUNT_LIMIT", _DEFAULT_LIMIT)
+        length = whole_number(environ, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", None)
+        self.attributes = whole_number(environ, "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", count)
+        self.events = whole_number(environ, "OTEL_SPAN_EVENT_COUNT_LIMIT", _DEFAULT_LIMIT)
+        self.links = whole_number(environ, "OTEL_SPAN_LINK_COUNT_LIMIT", _DEFAULT_LIMIT)
+        self.event_attributes = whole_number(environ, "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", count)
+        self.link_attributes = whole_number(environ, "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", count)
+        self.span_attribute_length = whole_number(
             environ, "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", length
         )
         self.attribute_length = length
@@ -421,14 +422,3 @@ def _bounded(attributes, limit: int, max_length: int | None) -> tuple[dict, int]
         if key and isinstance(key, str) and value is not None:
             dropped += not _put(kept, key, value, limit)
     return kept, dropped
-
-
-def _env_limit(environ: Mapping[str, str], name: str, default: int | None) -> int | None:
-    value = environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return max(int(value), 0)
-    except ValueError:
-        log.warning("coldtail: %s=%r is not a whole number; using %s", name, value, default)
-        return default

@@ -1,8 +1,10 @@
-"""The resource of a Lambda function's spans, from the runtime's environment variables; and this
-process's start time, which the container instrumentation uses too."""
+"""The resource of a Lambda function's spans, from the runtime's environment variables; and what
+the container instrumentation reads the same way: this process's start time, key=value lists and
+whole-number settings from the environment."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -48,6 +50,21 @@ def init_type(environ: Mapping[str, str] = os.environ) -> str:
     """AWS_LAMBDA_INITIALIZATION_TYPE: on-demand (the default), provisioned-concurrency or
     snap-start."""
     return environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") or "on-demand"
+
+
+def whole_number(environ: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """The environment variable `name` as a whole number (negative ones count as 0), else
+    `default`; a value that is not one logs a warning and gives `default`."""
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        logging.getLogger("coldtail").warning(
+            "coldtail: %s=%r is not a whole number; using %s", name, value, default
+        )
+        return default
 
 
 def parse_key_values(text: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from collector.lambda_extension import say
-from collector.lambda_extension.flushing import Flusher, Strategy, parse_strategy
+from collector.lambda_extension.flushing import BACKGROUND, Flusher, Strategy, parse_strategy
 from collector.lambda_extension.forwarder import Forwarder
 from collector.lambda_extension.front_door import TELEMETRY, Delivery, FrontDoor
 from collector.lambda_extension.lambda_api import LambdaAPI, LambdaAPIError
@@ -50,7 +50,7 @@ class Settings:
             self.flush = parse_strategy(environ.get("COLDTAIL_FLUSH", ""))
         except ValueError as e:
             say(f"{e}; flushing in the background")
-            self.flush = Strategy("background")
+            self.flush = Strategy(BACKGROUND)
 
 
 class Extension:
@@ -121,11 +121,9 @@ class Extension:
                 self._report_lost(self._last_invoke, reason, deadline)
             if self.flusher is not None and self.pipelines is not None:
                 self.flusher.stop()
-                if self.pipelines.wait(deadline - time.monotonic()):
-                    self.front_door.flushing()
-                    if not self.forwarder.drain(deadline - time.monotonic()):
-                        log.warning("the front door's queue was not forwarded before SHUTDOWN")
-                    self.pipelines.stop(deadline - time.monotonic())
+                if not self.flusher.drain(deadline):
+                    log.warning("the front door's queue was not forwarded before SHUTDOWN")
+                self.pipelines.stop(deadline - time.monotonic())
         finally:
             self.forwarder.stop()
             self.front_door.close()

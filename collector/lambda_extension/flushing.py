@@ -126,12 +126,15 @@ class Flusher:
     def flush(self, deadline: float) -> bool:
         """Hand the pipelines everything received so far and push it into the backends by
         `deadline`; False when time ran out or the pipelines do not run."""
+        return self.drain(deadline) and self.pipelines.flush(deadline - time.monotonic())
+
+    def drain(self, deadline: float) -> bool:
+        """Hand the pipelines everything received so far, by `deadline`; False when time ran
+        out or the pipelines do not run."""
         if not self.pipelines.wait(deadline - time.monotonic()):
             return False
         self.front_door.flushing()
-        if not self.forwarder.drain(deadline - time.monotonic()):
-            return False
-        return self.pipelines.flush(deadline - time.monotonic())
+        return self.forwarder.drain(deadline - time.monotonic())
 
     def stop(self) -> None:
         """End the background thread after the flush in hand, if any."""

@@ -47,6 +47,7 @@ TELEMETRY = "telemetry"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 INVOCATION_DONE_HEADER = "Coldtail-Invocation-Done"
+_INVOCATION_DONE = INVOCATION_DONE_HEADER.lower()  # as read_headers keys them
 DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
 RETRY_AFTER_S = 1
 
@@ -247,7 +248,7 @@ class FrontDoor:
                 text = f"415 unsupported media type, supported: [{PROTOBUF}, {JSON}]"
                 return 415, text.encode(), "text/plain", {}
             answer = (b"{}" if mime == JSON else b""), mime
-            handed_over = headers.get(INVOCATION_DONE_HEADER.lower(), "")
+            handed_over = headers.get(_INVOCATION_DONE, "")
             done: list[str] = []
         else:
             answer = b"", ""

@@ -41,10 +41,6 @@ class Pipelines:
         (seconds) ran out first."""
         return self._ready.wait(max(timeout, 0)) and self.service is not None
 
-    @property
-    def failed(self) -> bool:
-        return self._ready.is_set() and self.service is None
-
     def call(self, coroutine_function, timeout: float):
         """Run `coroutine_function()` on the pipelines' loop and wait up to `timeout` seconds
         (TimeoutError after that)."""

@@ -67,7 +67,7 @@ import uuid
 from instrumentation import __version__, sdk
 from instrumentation.ecs import detect_ecs_resource
 from instrumentation.exporter import DEFAULT_ENDPOINT
-from instrumentation.resource import process_start_ns
+from instrumentation.resource import process_start_ns, whole_number
 
 log = logging.getLogger("coldtail")
 
@@ -118,7 +118,9 @@ def _set_up():
     }
     resource = Resource.create().merge(Resource(detected)).merge(configured)
     provider = TracerProvider(resource=resource)  # which shuts itself down at exit
-    cold_start = ColdStartProcessor(_env_number("COLDTAIL_COLD_REQUESTS", 1), _start_ns())
+    cold_start = ColdStartProcessor(
+        whole_number(os.environ, "COLDTAIL_COLD_REQUESTS", 1), _start_ns()
+    )
     provider.add_span_processor(cold_start)
     provider.add_span_processor(BatchSpanProcessor(_span_exporter()))
     trace.set_tracer_provider(provider)
@@ -196,14 +198,3 @@ def _shut_down_on_sigterm(provider) -> None:
             signal.raise_signal(signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _env_number(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return max(int(value), 0)
-    except ValueError:
-        log.warning("coldtail: %s=%r is not a whole number; using %s", name, value, default)
-        return default

@@ -20,8 +20,8 @@ from collector.testing.lambda_emulator import (
     LambdaEmulator,
     Status,
 )
+from tests.testing.recorder import FUNCTIONS, eventually
 
-FUNCTIONS = Path(__file__).parent / "lambda_functions"
 TRACE_HEADER = re.compile(r"^Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=1$")
 
 
@@ -63,12 +63,6 @@ def group_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-async def eventually(condition, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_cold_then_warm_in_the_same_process(function):

@@ -2,17 +2,14 @@
 (tests/testing/lambda_extensions/recorder) beside real awslambdaric runtimes, on loopback only."""
 
 import asyncio
-import json
 import signal
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from collector.testing.lambda_emulator import (
-    EnvironmentHooks,
     ExtensionsAPI,
     LambdaEmulator,
     RuntimeAPIServer,
@@ -20,37 +17,7 @@ from collector.testing.lambda_emulator import (
     TelemetryAPI,
 )
 from collector.testing.lambda_emulator.extensions_api import IDENTIFIER_HEADER
-
-FUNCTIONS = Path(__file__).parent / "lambda_functions"
-RECORDER = Path(__file__).parent / "lambda_extensions" / "recorder"
-
-
-class Environments(EnvironmentHooks):
-    """Remembers every environment, and the extensions registered when its init ended."""
-
-    def __init__(self) -> None:
-        self.environments = []
-        self.registered_at_init_end: list[list[str]] = []
-
-    async def on_init_start(self, environment) -> None:
-        self.environments.append(environment)
-
-    async def on_init_end(self, environment, error) -> None:
-        names = [e.name for e in environment.extensions.extensions.values()]
-        self.registered_at_init_end.append(names)
-
-
-@pytest.fixture
-def records(tmp_path):
-    """The file the recorder extension writes to, and a reader of its lines."""
-    path = tmp_path / "records.jsonl"
-
-    def read(kind: str | None = None) -> list[dict]:
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [r for r in map(json.loads, lines) if kind is None or r["kind"] == kind]
-
-    read.path = path
-    return read
+from tests.testing.recorder import FUNCTIONS, RECORDER, Environments, eventually, of_type, telemetry
 
 
 @pytest.fixture
@@ -77,14 +44,6 @@ async def function(records):
     for environment in hooks.environments:
         for process in [environment.process, *environment.extension_processes.values()]:
             assert process is None or process.returncode is not None
-
-
-def telemetry(records) -> list[dict]:
-    return [event for r in records("telemetry") for event in r["batch"]]
-
-
-def of_type(events: list[dict], event_type: str) -> list[dict]:
-    return [e["record"] for e in events if e["type"] == event_type]
 
 
 async def test_the_extension_registers_and_gets_invoke_and_shutdown_events(function, records):
@@ -377,9 +336,3 @@ async def test_telemetry_is_batched_and_waits_while_frozen(apis):
         assert batches[1] == [batches[1][0]] and batches[1][0]["record"] == "last"
     finally:
         await runner.cleanup()
-
-
-async def eventually(condition, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)

@@ -7,7 +7,6 @@ import json
 import signal
 import time
 import uuid
-from pathlib import Path
 
 import aiohttp
 import psutil
@@ -15,7 +14,6 @@ import pytest
 
 from collector.testing.lambda_emulator import (
     ConcurrentRuntimeAPIServer,
-    EnvironmentHooks,
     ExtensionsAPI,
     Invocation,
     LambdaEmulator,
@@ -23,39 +21,11 @@ from collector.testing.lambda_emulator import (
     Status,
     TelemetryAPI,
 )
+from tests.testing.recorder import FUNCTIONS, RECORDER, Environments, eventually, of_type, telemetry
 
-FUNCTIONS = Path(__file__).parent / "lambda_functions"
-RECORDER = Path(__file__).parent / "lambda_extensions" / "recorder"
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:coldtail-function"
 # The recorder as these environments allow it: SHUTDOWN only, the schema they require.
 MANAGED_RECORDER = {"RECORDER_EVENTS": "SHUTDOWN", "RECORDER_SCHEMA": "2025-01-29"}
-
-
-class Environments(EnvironmentHooks):
-    """Remembers every environment, and when each shutdown began."""
-
-    def __init__(self) -> None:
-        self.environments = []
-        self.shutdowns: list[float] = []
-
-    async def on_init_start(self, environment) -> None:
-        self.environments.append(environment)
-
-    async def on_shutdown(self, environment, reason) -> None:
-        self.shutdowns.append(time.time())
-
-
-@pytest.fixture
-def records(tmp_path):
-    """The file the recorder extension writes to, and a reader of its lines."""
-    path = tmp_path / "records.jsonl"
-
-    def read(kind: str | None = None) -> list[dict]:
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [r for r in map(json.loads, lines) if kind is None or r["kind"] == kind]
-
-    read.path = path
-    return read
 
 
 @pytest.fixture
@@ -98,20 +68,6 @@ async def function(records):
             assert process is None or process.returncode is not None
     for worker in workers:
         assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
-
-
-async def eventually(condition, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
-def telemetry(records) -> list[dict]:
-    return [event for r in records("telemetry") for event in r["batch"]]
-
-
-def of_type(events: list[dict], event_type: str) -> list[dict]:
-    return [e["record"] for e in events if e["type"] == event_type]
 
 
 def test_managed_instances_refuse_snap_start_provisioned_and_no_concurrency():

@@ -6,15 +6,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from collector.testing.lambda_emulator import EnvironmentHooks, LambdaEmulator, Status
+from collector.testing.lambda_emulator import LambdaEmulator, Status
+from tests.testing.recorder import FUNCTIONS, RECORDER, Environments, of_type, telemetry
 
-FUNCTIONS = Path(__file__).parent / "lambda_functions"
-RECORDER = Path(__file__).parent / "lambda_extensions" / "recorder"
 LIFECYCLE = (
     "platform.initStart",
     "platform.initRuntimeDone",
@@ -26,27 +24,6 @@ LIFECYCLE = (
     "platform.runtimeDone",
     "platform.report",
 )
-
-
-class Environments(EnvironmentHooks):
-    def __init__(self) -> None:
-        self.environments = []
-
-    async def on_init_start(self, environment) -> None:
-        self.environments.append(environment)
-
-
-@pytest.fixture
-def records(tmp_path):
-    """What the recorder extension wrote, by kind."""
-    path = tmp_path / "records.jsonl"
-
-    def read(kind: str) -> list[dict]:
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-    read.path = path
-    return read
 
 
 @pytest.fixture
@@ -79,14 +56,6 @@ async def function(records):
     for environment in hooks.environments:
         for process in [environment.process, *environment.extension_processes.values()]:
             assert process is None or process.returncode is not None
-
-
-def telemetry(records) -> list[dict]:
-    return [event for r in records("telemetry") for event in r["batch"]]
-
-
-def of_type(events: list[dict], event_type: str) -> list[dict]:
-    return [e["record"] for e in events if e["type"] == event_type]
 
 
 async def test_the_runtime_is_restored_and_runs_its_hooks_in_order(function):

@@ -292,14 +292,7 @@ class TelemetryAPI:
         """platform.runtimeDone. `started` and `response_started` (when the runtime began
         posting its response) are epoch seconds."""
         metrics: dict[str, Any] = {"durationMs": duration_ms}
-        record: dict[str, Any] = {
-            "requestId": invocation.request_id,
-            "status": status,
-            "metrics": metrics,
-            "tracing": _tracing(invocation),
-        }
-        if error_type:
-            record["errorType"] = error_type
+        record = _outcome(invocation, status, error_type, metrics)
         if produced_bytes is not None:
             metrics["producedBytes"] = produced_bytes
         if response_started is not None:
@@ -316,15 +309,7 @@ class TelemetryAPI:
         """platform.report with `metrics` (durationMs, billedDurationMs, memorySizeMB,
         maxMemoryUsedMB and, after a cold start, initDurationMs, or after a restore from a
         snapshot, restoreDurationMs and billedRestoreDurationMs)."""
-        record = {
-            "requestId": invocation.request_id,
-            "status": status,
-            "metrics": metrics,
-            "tracing": _tracing(invocation),
-        }
-        if error_type:
-            record["errorType"] = error_type
-        self.record("platform.report", record)
+        self.record("platform.report", _outcome(invocation, status, error_type, metrics))
 
     def managed_report(
         self,
@@ -339,14 +324,8 @@ class TelemetryAPI:
         """platform.report under Lambda Managed Instances: metrics are durationMs alone (3
         decimals); the response spans are on it when the runtime responded. `started` and
         `response_started` are epoch seconds."""
-        record: dict[str, Any] = {
-            "requestId": invocation.request_id,
-            "status": status,
-            "metrics": {"durationMs": round(duration_ms, 3)},
-            "tracing": _tracing(invocation),
-        }
-        if error_type:
-            record["errorType"] = error_type
+        metrics = {"durationMs": round(duration_ms, 3)}
+        record = _outcome(invocation, status, error_type, metrics)
         if response_started is not None:
             record["spans"] = _response_spans(started, response_started, duration_ms)
         self.record("platform.report", record)
@@ -435,6 +414,21 @@ class TelemetryAPI:
                     if response.ok:
                         return
             await asyncio.sleep(_RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)])
+
+
+def _outcome(
+    invocation: Invocation, status: str, error_type: str | None, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The record of an invocation's runtimeDone or report."""
+    record = {
+        "requestId": invocation.request_id,
+        "status": status,
+        "metrics": metrics,
+        "tracing": _tracing(invocation),
+    }
+    if error_type:
+        record["errorType"] = error_type
+    return record
 
 
 def _tracing(invocation: Invocation) -> dict[str, str]:
