@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test-servers lambda-runtimes run test lint bench layer clean
+.PHONY: install test-servers lambda-runtimes run test lint fmt bench layer clean
 
 install: $(STAMP)
 
@@ -42,7 +42,12 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python tools/import_cycles.py collector instrumentation
+	$(BIN)/python tools/import_cycles.py collector instrumentation emulator
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff check --fix --quiet .
+	$(BIN)/ruff format --quiet .
 
 test: lint test-servers lambda-runtimes
 	$(BIN)/pytest -q

@@ -30,8 +30,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from collector.testing.backend import Backend
-from collector.testing.lambda_emulator import InvocationResult, LambdaEmulator, Status
+from emulator import InvocationResult, LambdaEmulator, Status
+from tests.support.backend import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = ROOT / "bench" / "lambda_function"

@@ -53,10 +53,10 @@ from pathlib import Path
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.pdata import get_attr, resources
-from collector.signals import Signal
-from collector.testing.backend import Backend, Request
-from collector.testing.lambda_emulator import InvocationResult, LambdaEmulator, Status
+from collector.core.pdata import get_attr, resources
+from collector.core.signals import Signal
+from emulator import InvocationResult, LambdaEmulator, Status
+from tests.support.backend import Backend, Request
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

@@ -18,8 +18,8 @@ import grpc
 import psutil
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.pdata import Traces, count_spans, set_attr
-from collector.testing.process import CollectorProcess, free_port
+from collector.core.pdata import Traces, count_spans, set_attr
+from tests.support.process import CollectorProcess, free_port
 
 SPANS_PER_REQUEST = 100
 CONCURRENCY = 8
@@ -172,8 +172,8 @@ async def measure(processors: list[str], spans: int, workdir: Path) -> tuple[flo
 
 
 def available(processors: list[str]) -> bool:
-    from collector.component import Kind
-    from collector.components import registry
+    from collector.core.component import Kind
+    from collector.registry import registry
 
     return all(registry().get(Kind.PROCESSOR, p) for p in processors)
 

@@ -8,11 +8,11 @@ import logging
 import sys
 from importlib import resources
 
-from collector.component import Kind
-from collector.components import registry
-from collector.config import ConfigError, ServiceConfig, validate
-from collector.confmap import ConfmapError, load
-from collector.telemetry import setup_logging
+from collector.core.component import Kind
+from collector.core.config import ConfigError, ConfigIssue, ServiceConfig, validate
+from collector.core.confmap import ConfmapError, load
+from collector.core.telemetry import setup_logging
+from collector.registry import registry
 
 EXIT_INVALID = 2
 log = logging.getLogger("coldtail")
@@ -44,6 +44,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _load(args) -> ServiceConfig | None:
     """The validated config, or None after printing every error to stderr."""
+    errors: list[ConfmapError] | list[ConfigIssue]
     try:
         return validate(load(args.config or [default_config_path()], args.set), registry())
     except ConfmapError as e:
@@ -69,7 +70,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from collector.service import Service  # keeps `validate` and `components` light
+    from collector.core.service import Service  # keeps `validate` and `components` light
 
     config = _load(args)
     if config is None:
@@ -108,13 +109,13 @@ def cmd_components(_args) -> int:
 
 
 def cmd_lambda_extension(_args) -> int:
-    from collector.lambda_extension.extension import main as extension
+    from collector.awslambda.extension.extension import main as extension
 
     return extension()
 
 
 def cmd_emulate(argv: list[str]) -> int:
-    from collector.testing.lambda_emulator.__main__ import main as emulate
+    from emulator.__main__ import main as emulate
 
     return emulate(argv, prog="coldtail emulate")
 

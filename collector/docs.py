@@ -15,10 +15,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from collector.component import Factory, Kind
-from collector.components import registry
-from collector.config import ServiceModel
-from collector.config_types import format_duration, parse_duration
+from collector.core.component import Factory, Kind
+from collector.core.config import ServiceModel
+from collector.core.config_types import format_duration, parse_duration
+from collector.registry import registry
 
 BEGIN = "<!-- BEGIN GENERATED COMPONENT REFERENCE -->"
 END = "<!-- END GENERATED COMPONENT REFERENCE -->"
@@ -41,13 +41,8 @@ def _nested_model(annotation) -> type[BaseModel] | None:
 def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
-    if field.default_factory is not None:
-        value = field.default_factory()
-        if isinstance(value, BaseModel):
-            return ""
-    else:
-        value = field.default
-    if value is PydanticUndefined or value is None:
+    value = field.get_default(call_default_factory=True, validated_data={})
+    if isinstance(value, BaseModel) or value is PydanticUndefined or value is None:
         return ""
     if _is_duration(field) and isinstance(value, int | float):
         return f"`{format_duration(value)}`"
@@ -60,7 +55,7 @@ def _default(field: FieldInfo) -> str:
 
 def _type_name(annotation) -> str:
     text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "").replace("collector.config_types.", "")
+    return text.replace("typing.", "").replace("collector.core.config_types.", "")
 
 
 def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -28,12 +28,18 @@ import logging
 import os
 import time
 
+# Not typing's: importing typing costs milliseconds of cold start. Checkers take it as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from instrumentation.invocation import Instrumentation
+
 # The runtime has loaded the modules above already: this is the moment the import began.
 _IMPORT_START_NS = time.time_ns()
 
 log = logging.getLogger("coldtail")
 
-_instrumentation = None
+# One per process, as the function it instruments.
+_instrumentation: Instrumentation | None = None
 
 
 def load(original: str):
@@ -43,30 +49,32 @@ def load(original: str):
     if _sdk_disabled():
         return _import_handler(original)
     start_ns = _init_start_ns()
+    instrumentation: Instrumentation | None
     try:
-        _instrumentation = _create_instrumentation()
+        instrumentation = _create_instrumentation()
     except Exception:
         log.warning("coldtail: instrumentation disabled: setup failed", exc_info=True)
-        _instrumentation = None
-    recorder = _start_import_recorder() if _instrumentation is not None else None
+        instrumentation = None
+    _instrumentation = instrumentation
+    recorder = _start_import_recorder() if instrumentation is not None else None
     try:
         user_handler = _import_handler(original)
     except BaseException as exc:
-        if _instrumentation is not None:
-            _guarded(_instrumentation.export_failed_init, exc, start_ns)
+        if instrumentation is not None:
+            _guarded(instrumentation.export_failed_init, exc, start_ns)
         raise
     finally:
         if recorder is not None:
             recorder.stop()
-    if _instrumentation is None:
+    if instrumentation is None:
         return user_handler
-    _guarded(_record_init, start_ns, recorder)
+    _guarded(_record_init, instrumentation, start_ns, recorder)
     # The function's module may have set its own TracerProvider: now is when to tell.
-    _guarded(_instrumentation.connect_api)
+    _guarded(instrumentation.connect_api)
     if getattr(user_handler, "__coldtail_instrumented__", False):
         # The user decorated it too, and the decorator serves invocations with the same state.
         return user_handler
-    return _wrap(user_handler)
+    return _wrap(user_handler, instrumentation)
 
 
 def instrument_handler(function):
@@ -78,13 +86,13 @@ def instrument_handler(function):
     try:
         if _instrumentation is None:
             _instrumentation = _create_instrumentation()
-            _record_init(_init_start_ns(), None)
+            _record_init(_instrumentation, _init_start_ns(), None)
             # Not connect_api: the module being imported may set its provider further down.
-            _guarded(_flush_at_spindown)
+            _guarded(_flush_at_spindown, _instrumentation)
     except Exception:
         log.warning("coldtail: instrumentation disabled: setup failed", exc_info=True)
         return function
-    return _wrap(function)
+    return _wrap(function, _instrumentation)
 
 
 def _start_import_recorder():
@@ -99,14 +107,12 @@ def _start_import_recorder():
         return None
 
 
-def _wrap(function):
-    instrumentation = _instrumentation
-
+def _wrap(function, instrumentation: Instrumentation):
     @functools.wraps(function)
     def instrumented(event, context):
         return instrumentation.invoke(function, event, context)
 
-    instrumented.__coldtail_instrumented__ = True
+    setattr(instrumented, "__coldtail_instrumented__", True)  # noqa: B010
     return instrumented
 
 
@@ -154,17 +160,17 @@ def _load_instrumentations(instrumentation) -> None:
     sdk.instrument(names, provider)
 
 
-def _flush_at_spindown() -> None:
+def _flush_at_spindown(instrumentation: Instrumentation) -> None:
     if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
         from instrumentation import spindown
 
-        spindown.install(_instrumentation.flush)
+        spindown.install(instrumentation.flush)
 
 
-def _record_init(start_ns: int, recorder) -> None:
+def _record_init(instrumentation: Instrumentation, start_ns: int, recorder) -> None:
     from instrumentation.invocation import InitRecord
 
-    _instrumentation.init = InitRecord(start_ns, time.time_ns(), recorder)
+    instrumentation.init = InitRecord(start_ns, time.time_ns(), recorder)
 
 
 def _import_handler(original: str):
@@ -221,7 +227,7 @@ def _bootstrap():
     if original:
         served = load(original)
         if _instrumentation is not None:
-            _guarded(_flush_at_spindown)
+            _guarded(_flush_at_spindown, _instrumentation)
         return served
 
     def missing(event, context):

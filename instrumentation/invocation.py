@@ -48,6 +48,18 @@ import sys
 import threading
 
 from instrumentation import triggers
+from instrumentation.attributes import (
+    COLD_START,
+    COLD_START_SOURCE,
+    FAAS_COLDSTART,
+    FAAS_INVOCATION_ID,
+    IMPORT_MODULE,
+    IMPORT_SPAN,
+    INIT_DURATION_MS,
+    INIT_TYPE,
+    SOURCE_INSTRUMENTATION,
+    TIMEOUT,
+)
 from instrumentation.imports import ImportRecorder
 from instrumentation.otlp import encode_export_request
 from instrumentation.spans import (
@@ -57,6 +69,11 @@ from instrumentation.spans import (
     Span,
     qualified_name,
 )
+
+# Not typing's: importing typing costs milliseconds of cold start. Checkers take it as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # imported lazily at run time: it loads opentelemetry
+    from instrumentation import api
 
 log = logging.getLogger("coldtail")
 
@@ -121,7 +138,7 @@ class Instrumentation:
         self._first = True
         self._retained: list[Span] = []
         self._export_lock = threading.Lock()
-        self._provider = None
+        self._provider: api.TracerProvider | None = None
         self._api_connected = False
 
     def invoke(self, handler, event, context):
@@ -174,7 +191,7 @@ class Instrumentation:
         """Report an init whose user module failed to import: an `init` span with the error,
         in a trace of its own (no invocation will follow)."""
         span = Span("init", KIND_INTERNAL, start_ns=start_ns)
-        span.set_attribute("coldtail.init_type", self.settings.init_type)
+        span.set_attribute(INIT_TYPE, self.settings.init_type)
         span.record_exception(exc)
         span.end()
         self._export([span], self.settings.export_timeout_ms)
@@ -223,36 +240,36 @@ class Instrumentation:
         span = invocation.span
         init_type = self.settings.init_type
         self._mark_cold(span, init_type not in _AHEAD_OF_REQUESTS)
-        span.set_attribute("coldtail.init_type", init_type)
+        span.set_attribute(INIT_TYPE, init_type)
         init, self.init = self.init, None
         if init is None or init_type == _RESTORED:
             # A SnapStart environment was restored from a snapshot whose init ran elsewhere,
             # maybe long before: Lambda's restore report tells what this request waited for.
             return
-        span.set_attribute("coldtail.init_duration_ms", (init.end_ns - init.start_ns) / 1e6)
+        span.set_attribute(INIT_DURATION_MS, (init.end_ns - init.start_ns) / 1e6)
         invocation.init_spans = self._init_spans(init, span)
 
     @staticmethod
     def _mark_cold(span: Span, cold: bool) -> None:
-        span.set_attribute("faas.coldstart", cold)
-        span.set_attribute("coldtail.cold_start", cold)
-        span.set_attribute("coldtail.cold_start.source", "instrumentation")
+        span.set_attribute(FAAS_COLDSTART, cold)
+        span.set_attribute(COLD_START, cold)
+        span.set_attribute(COLD_START_SOURCE, SOURCE_INSTRUMENTATION)
 
     def _init_spans(self, init: InitRecord, invocation_span: Span) -> list[Span]:
         init_span = Span("init", KIND_INTERNAL, parent=invocation_span.context)
         init_span.start_ns = init.start_ns
-        init_span.set_attribute("coldtail.init_type", self.settings.init_type)
+        init_span.set_attribute(INIT_TYPE, self.settings.init_type)
         init_span.end(init.end_ns)
         spans = [init_span]
         if init.recorder is None:
             return spans
         threshold_ns = int(self.settings.import_threshold_ms * 1e6)
-        by_record = {}
+        by_record: dict[int, Span] = {}
         for record in init.recorder.slow(threshold_ns):
             parent = by_record.get(id(record.parent), init_span)
-            span = Span("coldtail.import", KIND_INTERNAL, parent=parent.context)
+            span = Span(IMPORT_SPAN, KIND_INTERNAL, parent=parent.context)
             span.start_ns = record.start_ns
-            span.set_attribute("coldtail.import.module", record.module)
+            span.set_attribute(IMPORT_MODULE, record.module)
             span.end(record.end_ns)
             by_record[id(record)] = span
             spans.append(span)
@@ -277,7 +294,7 @@ class Instrumentation:
                     return
                 remaining_ms = _remaining_ms(invocation.context)
                 snapshot = invocation.span.snapshot()
-                snapshot.set_attribute("coldtail.timeout", True)
+                snapshot.set_attribute(TIMEOUT, True)
                 snapshot.set_status(
                     STATUS_ERROR,
                     f"still running {remaining_ms} ms before the invocation's timeout",
@@ -318,7 +335,7 @@ class Instrumentation:
             span.end()
             spans = [span, *invocation.init_spans, *self._drain_finished()]
             invocation.init_spans = []
-        request_id = span.attributes.get("faas.invocation_id", "")
+        request_id = span.attributes.get(FAAS_INVOCATION_ID, "")
         self._export(spans, self._export_budget_ms(invocation.context), done=str(request_id))
 
     # --- export --------------------------------------------------------------------------
@@ -413,7 +430,7 @@ class _Invocation:
         self.init_spans: list[Span] = []
         self.timer: threading.Timer | None = None
         # What api.activate returned, while the invocation span is the current OTel span.
-        self.api_scope = None
+        self.api_scope: tuple[api.Span, object] | None = None
         self.finished = False
         self.lock = threading.Lock()
 

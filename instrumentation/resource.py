@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 
 from instrumentation import __version__
+from instrumentation.attributes import INIT_TYPE
 
 _MIB = 1024 * 1024
 
@@ -34,7 +35,7 @@ def lambda_resource(environ: Mapping[str, str] = os.environ) -> dict[str, object
         "faas.max_memory": _memory_bytes(environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")),
         "aws.log.group.names": _one_name(environ.get("AWS_LAMBDA_LOG_GROUP_NAME")),
         "aws.log.stream.names": _one_name(environ.get("AWS_LAMBDA_LOG_STREAM_NAME")),
-        "coldtail.init_type": init_type(environ),
+        INIT_TYPE: init_type(environ),
         "telemetry.sdk.name": "coldtail",
         "telemetry.sdk.language": "python",
         "telemetry.sdk.version": __version__,
@@ -52,7 +53,15 @@ def init_type(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") or "on-demand"
 
 
-def whole_number(environ: Mapping[str, str], name: str, default: int | None) -> int | None:
+# Not typing's: importing typing costs milliseconds of cold start. Checkers take it as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _D = TypeVar("_D")  # the default: a whole number, or None for "no limit"
+
+
+def whole_number(environ: Mapping[str, str], name: str, default: _D) -> int | _D:
     """The environment variable `name` as a whole number (negative ones count as 0), else
     `default`; a value that is not one logs a warning and gives `default`."""
     value = environ.get(name, "").strip()

@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("coldtail")
 
@@ -40,14 +41,14 @@ SPINDOWN_BUDGET_MS = 150
 _WAIT_MARGIN_S = 0.05
 _EXIT_STATUS = 128 + _signal.SIGTERM
 
-_flush = None
+_flush: Callable[[float], object] | None = None
 _installed = False
 _deadline: float | None = None
 # One flush at a time, so that no way in ends the process while another's export is under way.
 _flush_lock = threading.Lock()
 
 
-def install(flush) -> None:
+def install(flush: Callable[[float], object]) -> None:
     """Have `flush(budget_ms)` called when the process ends. Call it on the main thread; later
     calls only change `flush`."""
     global _flush, _installed
@@ -111,13 +112,16 @@ def _flush_in_budget() -> None:
     """Flush within what is left of the budget, which starts with the first call; a call while
     another flushes waits for it (within the budget), then finds what is left."""
     global _deadline
+    flush = _flush
+    if flush is None:
+        return
     if _deadline is None:
         _deadline = time.monotonic() + SPINDOWN_BUDGET_MS / 1000
     # Bounded: the signal handler may interrupt the main thread's own flush (atexit).
     if not _flush_lock.acquire(timeout=max(_deadline + _WAIT_MARGIN_S - time.monotonic(), 0)):
         return
     try:
-        _flush((_deadline - time.monotonic()) * 1000)
+        flush((_deadline - time.monotonic()) * 1000)
     except Exception as e:
         log.warning("coldtail: export at shutdown failed: %r", e)
     finally:

@@ -63,9 +63,10 @@ fields for a direct invoke, and from `_X_AMZN_TRACE_ID` with the xray-lambda pro
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from instrumentation import propagation
+from instrumentation.attributes import FAAS_INVOCATION_ID
 from instrumentation.spans import KIND_CONSUMER, KIND_SERVER, Link, SpanContext
 
 HTTP = "http"
@@ -75,7 +76,8 @@ TIMER = "timer"
 OTHER = "other"
 
 _S3_OPERATIONS = {"ObjectCreated": "insert", "ObjectRemoved": "delete"}
-_DYNAMODB_OPERATIONS = {"INSERT": "insert", "MODIFY": "edit", "REMOVE": "delete"}
+# Keyed by what events carry, which may be anything (or nothing).
+_DYNAMODB_OPERATIONS: dict[object, str] = {"INSERT": "insert", "MODIFY": "edit", "REMOVE": "delete"}
 _KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
 )
@@ -152,6 +154,8 @@ def response_attributes(trigger: Trigger, result) -> tuple[dict, bool]:
     if status is None and trigger.http_version == "2.0":
         # Payload 2.0 reads a result without statusCode as a 200 with that body.
         status = 200
+    if status is None:
+        return {}, False
     try:
         code = int(status)
     except (TypeError, ValueError):
@@ -305,10 +309,11 @@ def _parameters_query(event: dict, decoded: bool) -> str | None:
     parameters = event.get("multiValueQueryStringParameters") or event.get("queryStringParameters")
     if not isinstance(parameters, dict) or not parameters:
         return None
+    quote: Callable[[str], str] = str
     if decoded:
-        from urllib.parse import quote_plus as quote
-    else:
-        quote = str
+        from urllib.parse import quote_plus
+
+        quote = quote_plus
     pairs = [
         f"{quote(str(key))}={quote(str(value))}"
         for key, values in parameters.items()
@@ -380,7 +385,7 @@ def _kinesis(records: list[dict], function_name: str) -> Trigger:
 def _messaging(system: str, messages, arns, links, id_key: str) -> Trigger:
     names = {_arn_resource_name(arn) for arn in arns}
     destination = names.pop() if len(names) == 1 else None
-    attributes = {
+    attributes: dict[str, object] = {
         "faas.trigger": PUBSUB,
         "messaging.system": system,
         "messaging.operation.type": "process",
@@ -464,7 +469,7 @@ def _context_attributes(context, environ: Mapping[str, str]) -> dict:
         "AWS_LAMBDA_FUNCTION_VERSION"
     )
     attributes = {
-        "faas.invocation_id": getattr(context, "aws_request_id", None),
+        FAAS_INVOCATION_ID: getattr(context, "aws_request_id", None),
         "cloud.resource_id": _function_arn(arn, version),
         "aws.lambda.invoked_arn": arn,
     }

@@ -1,6 +1,6 @@
 import pytest
 
-from collector.testing.backend import Backend
+from tests.support.backend import Backend
 
 
 @pytest.fixture

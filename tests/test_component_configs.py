@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from collector.component import Kind
-from collector.components import registry
+from collector.core.component import Kind
+from collector.registry import registry
 
 TESTS = Path(__file__).parent
 
@@ -24,14 +24,17 @@ def cases():
             if factory is None or not isinstance(data, dict) or "invalid" not in data:
                 continue
             for name, config in data["valid"].items():
-                valid.append(pytest.param(factory, config, id=f"{factory.type}-{name}"))
+                valid.append(pytest.param(factory, config, id=f"{kind}-{factory.type}-{name}"))
             invalid_cases = data["invalid"]
             if isinstance(invalid_cases, dict):
                 invalid_cases = [{"name": n, **c} for n, c in invalid_cases.items()]
             for case in invalid_cases:
                 invalid.append(
                     pytest.param(
-                        factory, case["config"], case["error"], id=f"{factory.type}-{case['name']}"
+                        factory,
+                        case["config"],
+                        case["error"],
+                        id=f"{kind}-{factory.type}-{case['name']}",
                     )
                 )
     return valid, invalid

@@ -7,13 +7,13 @@ import pytest
 import yaml
 from aiohttp import web
 
-from collector.component import Factory, Kind
-from collector.components import registry
-from collector.pdata import count_items
-from collector.signals import Signal
-from collector.testing.builders import make_logs, make_metrics, make_traces
-from collector.testing.components import StaticHost, make_settings
-from collector.testing.sinks import SinkConsumer
+from collector.core.component import Factory, Kind
+from collector.core.pdata import count_items
+from collector.core.signals import Signal
+from collector.registry import registry
+from tests.support.builders import make_logs, make_metrics, make_traces
+from tests.support.components import StaticHost, make_settings
+from tests.support.sinks import SinkConsumer
 
 SAMPLES = yaml.safe_load(
     (Path(__file__).parent / "testdata" / "component_samples.yaml").read_text()

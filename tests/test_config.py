@@ -3,11 +3,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.component import ComponentID, Kind
-from collector.components import registry
-from collector.config import ConfigError, validate
-from collector.confmap import load
-from collector.signals import Signal
+from collector.core.component import ComponentID, Kind
+from collector.core.config import ConfigError, validate
+from collector.core.confmap import load
+from collector.core.signals import Signal
+from collector.registry import registry
 
 TESTDATA = Path(__file__).parent / "testdata"
 CASES = yaml.safe_load((TESTDATA / "invalid_configs.yaml").read_text())

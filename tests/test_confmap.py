@@ -1,6 +1,6 @@
 import pytest
 
-from collector.confmap import ConfmapError, apply_set, expand, load, merge
+from collector.core.confmap import ConfmapError, apply_set, expand, load, merge
 
 ENV = {"PORT": "4317", "HOST": "10.0.0.1", "EMPTY": "", "FLAG": "true"}
 

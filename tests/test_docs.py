@@ -7,7 +7,17 @@ ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 # A backticked name whose first part is one of these folders is taken for a path in the repo.
-_REPO_FOLDERS = ("bench", "collector", "config", "deploy", "docs", "instrumentation", "tests")
+_REPO_FOLDERS = (
+    "bench",
+    "collector",
+    "config",
+    "deploy",
+    "docs",
+    "emulator",
+    "instrumentation",
+    "tests",
+    "tools",
+)
 _REPO_PATH = re.compile(rf"`((?:{'|'.join(_REPO_FOLDERS)})/[\w./-]*)`")
 # A backticked file name without its folder (`plan.py`, `autostart/sitecustomize.py`).
 _FILE_NAME = re.compile(r"`([\w/-]+\.(?:py|yaml|json))`")
@@ -42,6 +52,6 @@ def test_architecture_names_only_files_that_exist():
 
 
 def test_architecture_path_checks_catch_a_missing_file():
-    text = "see `collector/nowhere.py`, `nowhere.py` and `collector.pdata`"
+    text = "see `collector/nowhere.py`, `nowhere.py` and `collector.core.pdata`"
     assert _REPO_PATH.findall(text) == ["collector/nowhere.py"]
     assert _FILE_NAME.findall(text) == ["collector/nowhere.py", "nowhere.py"]

@@ -1,9 +1,9 @@
 import pytest
 
-from collector.consumer import PermanentError, RetryableError
-from collector.fanout import FanOut, fan_out
-from collector.testing.builders import make_traces
-from collector.testing.sinks import ErrorConsumer, SinkConsumer
+from collector.core.consumer import PermanentError, RetryableError
+from collector.core.fanout import FanOut, fan_out
+from tests.support.builders import make_traces
+from tests.support.sinks import ErrorConsumer, SinkConsumer
 
 
 def test_single_consumer_is_passed_through():

@@ -1,13 +1,14 @@
 import pytest
 import yaml
 
-from collector.component import Kind
-from collector.config import validate
-from collector.service import GraphError, Service
-from collector.signals import Signal
-from collector.testing import recording
-from collector.testing.builders import make_logs, make_traces
-from collector.testing.recording import EVENTS, INSTANCES, recording_registry
+from collector.core.component import Kind
+from collector.core.config import validate
+from collector.core.graph import GraphError
+from collector.core.service import Service
+from collector.core.signals import Signal
+from tests.support import recording
+from tests.support.builders import make_logs, make_traces
+from tests.support.recording import EVENTS, INSTANCES, recording_registry
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +167,7 @@ service:
 async def test_flush_pushes_held_data_into_the_backend_without_stopping():
     from collector.exporters.otlp import factory as otlp_exporter
     from collector.processors.batch import factory as batch
-    from collector.testing.backend import Backend
+    from tests.support.backend import Backend
 
     registry = recording_registry()
     registry.register(batch)
@@ -198,3 +199,36 @@ service:
         assert not await service.flush(timeout=0.3)  # the backend refuses: bounded, not stuck
         backend.up()
         await service.shutdown()
+
+
+def test_components_share_the_services_state_and_metrics_and_no_other_services():
+    from collector.awslambda.init_reports import InitReports
+    from collector.core.component import ComponentID
+    from collector.processors.coldstart import ColdStartProcessor
+    from collector.registry import registry
+
+    text = """
+receivers:
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+  lambda_telemetry: {endpoint: "127.0.0.1:0"}
+processors: {coldstart: }
+exporters: {debug: }
+service:
+  telemetry: {metrics: {level: none}}
+  pipelines:
+    traces/a: {receivers: [otlp, lambda_telemetry], processors: [coldstart], exporters: [debug]}
+    traces/b: {receivers: [otlp], processors: [coldstart], exporters: [debug]}
+"""
+    one, two = (Service(validate(yaml.safe_load(text), registry())) for _ in range(2))
+    receiver = one.receivers[ComponentID("lambda_telemetry")]
+    processors = [c for _, c in one.graph.order if isinstance(c, ColdStartProcessor)]
+    assert len(processors) == 2
+    reports = receiver.settings.shared.get(InitReports)
+    assert all(p.reports is reports for p in processors)
+    assert two.shared.get(InitReports) is not reports
+
+    made = []
+    metrics = one.telemetry.metric_set(made.append)
+    assert one.telemetry.metric_set(made.append) is metrics
+    two.telemetry.metric_set(made.append)
+    assert made == [one.telemetry.registry, two.telemetry.registry]

@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Annotated, Literal
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -32,11 +32,11 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from collector.component import Factory, Host, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, Duration, parse_duration
-from collector.consumer import Consumer
-from collector.pdata import Metrics, Traces, count_metric_points, duration_ns
-from collector.signals import Signal
+from collector.core.component import Factory, Host, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, Duration, parse_duration
+from collector.core.consumer import Consumer
+from collector.core.pdata import Metrics, Traces, count_metric_points, duration_ns
+from collector.core.signals import Signal
 
 SERVICE_NAME = "service.name"
 SPAN_NAME = "span.name"
@@ -334,7 +334,7 @@ class SpanMetricsConnector:
                         if i is not None:
                             values[i] = kv.value.SerializeToString()
                     values = tuple(values)
-                key = (
+                key: Hashable = (
                     span.name if with_name else "",
                     span.kind if with_kind else 0,
                     span.status.code if with_status else 0,
@@ -454,14 +454,14 @@ class SpanMetricsConnector:
                 point.time_unix_nano = now
                 point.as_int = series.count
                 if self._histogram:
-                    point = duration.histogram.data_points.add()
-                    point.attributes.extend(series.attributes)
-                    point.start_time_unix_nano = series.start
-                    point.time_unix_nano = now
-                    point.count = series.count
-                    point.sum = series.sum
-                    point.bucket_counts.extend(series.bucket_counts)
-                    point.explicit_bounds.extend(self._bounds)
+                    bucketed = duration.histogram.data_points.add()
+                    bucketed.attributes.extend(series.attributes)
+                    bucketed.start_time_unix_nano = series.start
+                    bucketed.time_unix_nano = now
+                    bucketed.count = series.count
+                    bucketed.sum = series.sum
+                    bucketed.bucket_counts.extend(series.bucket_counts)
+                    bucketed.explicit_bounds.extend(self._bounds)
         return batch
 
     def _expire(self, now: int) -> None:

@@ -19,10 +19,10 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import Field
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig
-from collector.pdata import any_value_to_python, count_items, duration_ns, metric_points
-from collector.signals import Signal
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig
+from collector.core.pdata import any_value_to_python, count_items, duration_ns, metric_points
+from collector.core.signals import Signal
 
 
 class Config(ComponentConfig):

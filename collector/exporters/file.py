@@ -20,12 +20,12 @@ from typing import BinaryIO, Literal
 
 from pydantic import Field, field_validator
 
-from collector import otlpjson
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, Duration
-from collector.consumer import RetryableError
-from collector.pdata import count_items
-from collector.signals import Signal
+from collector.core import otlpjson
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, Duration
+from collector.core.consumer import RetryableError
+from collector.core.pdata import count_items
+from collector.core.signals import Signal
 
 _MIB = 1024 * 1024
 _BUFFER_BYTES = 256 * 1024
@@ -144,6 +144,7 @@ class _Writer:
         rotation = self.rotation
         if rotation and self._size and self._size + len(data) > rotation.max_bytes:
             self._rotate_sync()
+        assert self._file is not None, "write before open"
         self._file.write(data)
         self._size += len(data)
         if not self.flush_interval:
@@ -163,7 +164,8 @@ class _Writer:
                 self._file = None
 
     def _now(self) -> datetime:
-        now = datetime.now() if self.rotation.localtime else datetime.now(UTC)
+        local = self.rotation is not None and self.rotation.localtime
+        now = datetime.now() if local else datetime.now(UTC)
         return now.replace(tzinfo=None)
 
     def _rotate_sync(self) -> None:
@@ -200,6 +202,7 @@ class _Writer:
         return sorted(found, reverse=True)
 
     def _prune_sync(self) -> None:
+        assert self.rotation is not None, "pruning backups without rotation"
         keep = self.rotation.max_backups
         max_days = self.rotation.max_days
         oldest = self._now() - timedelta(days=max_days) if max_days else None
@@ -208,37 +211,39 @@ class _Writer:
                 backup.unlink(missing_ok=True)
 
 
-# Open writers by resolved path, shared by every exporter instance writing there.
-_writers: dict[Path, _Writer] = {}
+class Writers:
+    """The service's open writers by resolved path, shared by every file exporter writing
+    there (one per signal, or several pipelines into one file)."""
 
+    def __init__(self) -> None:
+        self._open: dict[Path, _Writer] = {}
 
-async def _acquire(config: Config) -> _Writer:
-    path = Path(config.path).resolve()
-    writer = _writers.get(path)
-    if writer is None:
-        writer = _writers[path] = _Writer(path, config)
-        try:
-            await writer.open()
-        except BaseException:
-            del _writers[path]
+    async def acquire(self, config: Config) -> _Writer:
+        path = Path(config.path).resolve()
+        writer = self._open.get(path)
+        if writer is None:
+            writer = self._open[path] = _Writer(path, config)
+            try:
+                await writer.open()
+            except BaseException:
+                del self._open[path]
+                await writer.close()
+                raise
+        elif writer.options != config.model_dump(exclude={"path"}):
+            raise ValueError(
+                f"{path} is already written by a file exporter with different format, "
+                "rotation or flush_interval settings"
+            )
+        writer.users += 1
+        return writer
+
+    async def release(self, writer: _Writer) -> None:
+        writer.users -= 1
+        if writer.users:
+            await writer.flush()
+        else:
+            del self._open[writer.path]
             await writer.close()
-            raise
-    elif writer.options != config.model_dump(exclude={"path"}):
-        raise ValueError(
-            f"{path} is already written by a file exporter with different format, rotation or "
-            "flush_interval settings"
-        )
-    writer.users += 1
-    return writer
-
-
-async def _release(writer: _Writer) -> None:
-    writer.users -= 1
-    if writer.users:
-        await writer.flush()
-    else:
-        del _writers[writer.path]
-        await writer.close()
 
 
 class FileExporter:
@@ -249,30 +254,33 @@ class FileExporter:
     def __init__(self, settings: Settings, config: Config, signal: Signal) -> None:
         self.config = config
         self._encode = _ENCODERS[config.format]
+        self._writers = settings.shared.get(Writers)
         self._writer: _Writer | None = None
         exporter = str(settings.id)
         self._sent = settings.telemetry.exporter_sent[signal].labels(exporter=exporter)
         self._failed = settings.telemetry.exporter_send_failed[signal].labels(exporter=exporter)
 
     async def start(self, host) -> None:
-        self._writer = await _acquire(self.config)
+        self._writer = await self._writers.acquire(self.config)
 
     async def consume(self, batch) -> None:
         items = count_items(batch)
         # Encode on the event loop: the pipeline owns the batch, and another thread would not
         # encode faster under the GIL.
         data = self._encode(batch)
+        writer = self._writer
+        assert writer is not None, "consume before start"
         try:
-            await self._writer.write(data)
+            await writer.write(data)
         except OSError as e:
             self._failed.inc(items)
-            raise RetryableError(f"writing {self._writer.path}: {e}") from e
+            raise RetryableError(f"writing {writer.path}: {e}") from e
         self._sent.inc(items)
 
     async def shutdown(self) -> None:
         writer, self._writer = self._writer, None
         if writer:
-            await _release(writer)
+            await self._writers.release(writer)
 
 
 factory = Factory(

@@ -17,18 +17,19 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import Me
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig
-from collector.consumer import ConsumerError, PermanentError, RetryableError
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig
+from collector.core.consumer import ConsumerError, PermanentError, RetryableError
+from collector.core.signals import Signal
 from collector.exporters.sender import (
     Exporter,
     SenderConfig,
     TLSClientConfig,
     check_partial_success,
 )
-from collector.signals import Signal
 
-_STUBS = {
+_Stub = TraceServiceStub | MetricsServiceStub | LogsServiceStub
+_STUBS: dict[Signal, type[_Stub]] = {
     Signal.TRACES: TraceServiceStub,
     Signal.METRICS: MetricsServiceStub,
     Signal.LOGS: LogsServiceStub,
@@ -132,12 +133,12 @@ def classify(error: grpc.aio.AioRpcError) -> ConsumerError:
     return PermanentError(message)
 
 
-class OTLPExporter(Exporter):
+class OTLPExporter(Exporter[Config]):
     def __init__(self, settings: Settings, config: Config, signal: Signal) -> None:
         super().__init__(settings, config, signal)
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._channel: grpc.aio.Channel | None = None
-        self._stub = None
+        self._stub: _Stub | None = None
 
     async def connect(self) -> None:
         cfg = self.config
@@ -163,6 +164,7 @@ class OTLPExporter(Exporter):
             self._channel = None
 
     async def push(self, batch) -> None:
+        assert self._stub is not None, "push before connect"
         try:
             # The deadline tells the server when to give up too; the sender enforces it here.
             response = await self._stub.Export(

@@ -16,10 +16,12 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from pydantic import Field, field_validator, model_validator
 
-from collector import otlpjson
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig
-from collector.consumer import PermanentError, RetryableError
+from collector.core import otlpjson
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig
+from collector.core.consumer import PermanentError, RetryableError
+from collector.core.pdata import RESPONSE_TYPES
+from collector.core.signals import Signal
 from collector.exporters.http_client import (
     TLSConfig,
     client_session,
@@ -31,8 +33,6 @@ from collector.exporters.sender import (
     SenderConfig,
     check_partial_success,
 )
-from collector.pdata import RESPONSE_TYPES
-from collector.signals import Signal
 
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _CONTENT_TYPES = {"proto": "application/x-protobuf", "json": "application/json"}
@@ -101,7 +101,7 @@ def _error_message(body: bytes, content_type: str) -> str:
     return body.decode("utf-8", "replace").strip()
 
 
-class OTLPHTTPExporter(Exporter):
+class OTLPHTTPExporter(Exporter[Config]):
     def __init__(self, settings: Settings, config: Config, signal: Signal) -> None:
         super().__init__(settings, config, signal)
         self._url = config.url(signal)
@@ -136,6 +136,7 @@ class OTLPHTTPExporter(Exporter):
         return body
 
     async def push(self, batch) -> None:
+        assert self._session is not None, "push before connect"
         try:
             async with self._session.post(
                 self._url,

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, Duration, ListenEndpoint, split_endpoint
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
+from collector.core.endpoints import bound_port, split_endpoint
+from collector.core.pdata import count_items
+from collector.core.signals import Signal
 from collector.exporters import promnames
 from collector.exporters.promnames import Labels, MetricType, Point
-from collector.pdata import count_items
-from collector.signals import Signal
 
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -158,8 +159,7 @@ class PrometheusExporter:
         host_, port = split_endpoint(self.config.endpoint)
         site = web.TCPSite(self._runner, host_, port)
         await site.start()
-        bound_port = site._server.sockets[0].getsockname()[1]
-        self.endpoint = f"{host_}:{bound_port}"
+        self.endpoint = f"{host_}:{bound_port(site)}"
         self.log.info("serving Prometheus metrics", extra={"kv": {"endpoint": self.endpoint}})
 
     async def shutdown(self) -> None:

@@ -17,11 +17,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import cramjam
+from google.protobuf.message import Message
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig
-from collector.consumer import PermanentError, RetryableError
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig
+from collector.core.consumer import PermanentError, RetryableError
+from collector.core.signals import Signal
 from collector.exporters import promnames, prompb
 from collector.exporters.http_client import (
     TLSConfig,
@@ -31,7 +33,6 @@ from collector.exporters.http_client import (
 )
 from collector.exporters.prometheus import ResourceToTelemetryConfig
 from collector.exporters.sender import Exporter, SenderConfig
-from collector.signals import Signal
 
 _HEADERS = {
     "Content-Encoding": "snappy",
@@ -91,7 +92,7 @@ class Config(SenderConfig, ClientConfig):
     pass
 
 
-def write_requests(points: list[promnames.Point], max_bytes: int) -> list[prompb.WriteRequest]:
+def write_requests(points: list[promnames.Point], max_bytes: int) -> list[Message]:
     """The cumulative points as WriteRequests of at most `max_bytes` (unless one series alone
     is larger). Samples of one series are merged into one TimeSeries in time order."""
     by_series: dict[tuple, list[tuple[int, float]]] = {}
@@ -100,12 +101,12 @@ def write_requests(points: list[promnames.Point], max_bytes: int) -> list[prompb
         for name, labels, value in promnames.samples(point):
             key = (("__name__", name), *labels)
             by_series.setdefault(key, []).append((timestamp_ms, value))
-    requests: list[prompb.WriteRequest] = []
+    requests: list[Message] = []
     request, size = prompb.WriteRequest(), 0
     for key, samples in by_series.items():
         series = prompb.TimeSeries()
-        for name, value in sorted(key):
-            series.labels.add(name=name, value=value)
+        for label, label_value in sorted(key):
+            series.labels.add(name=label, value=label_value)
         for timestamp_ms, value in sorted(samples, key=lambda s: s[0]):
             series.samples.add(value=value, timestamp=timestamp_ms)
         # Each series costs its size plus a tag and length prefix of a few bytes.
@@ -120,7 +121,7 @@ def write_requests(points: list[promnames.Point], max_bytes: int) -> list[prompb
     return requests
 
 
-class PrometheusRemoteWriteExporter(Exporter):
+class PrometheusRemoteWriteExporter(Exporter[Config]):
     def __init__(self, settings: Settings, config: Config, signal: Signal) -> None:
         super().__init__(settings, config, signal)
         self._options = promnames.Options(
@@ -161,6 +162,7 @@ class PrometheusRemoteWriteExporter(Exporter):
 
     async def _post(self, body: bytes) -> None:
         url = self.config.endpoint
+        assert self._session is not None, "push before connect"
         try:
             async with self._session.post(
                 url,

@@ -24,6 +24,7 @@ import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
@@ -31,7 +32,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     Metric,
 )
 
-from collector.pdata import Metrics, any_value_to_python, get_attr
+from collector.core.pdata import Metrics, any_value_to_python, get_attr
 
 # Bit pattern Prometheus reads as "this series ended" (a staleness marker), not as a value.
 STALE_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
@@ -365,6 +366,8 @@ def translate(batch: Metrics, options: Options) -> Translation:
 
 def _metric_points(metric: Metric, context: _Context, out: Translation) -> Iterator[Point]:
     kind = metric.WhichOneof("data")
+    # Gauge, Sum, Histogram or Summary: the branches below read each one's own point fields.
+    data: Any
     if kind == "gauge":
         type_, data, delta = MetricType.GAUGE, metric.gauge, False
     elif kind == "sum":

@@ -8,6 +8,8 @@ clash with them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -57,7 +59,8 @@ def _build() -> descriptor_pool.DescriptorPool:
 _pool = _build()
 
 
-def _class(name: str) -> type:
+def _class(name: str) -> Any:
+    # A class made at run time: the checker cannot know its fields.
     return message_factory.GetMessageClass(_pool.FindMessageTypeByName(f"prometheus.{name}"))
 
 

@@ -13,14 +13,15 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from pydantic import Field, model_validator
 
-from collector.component import Settings
-from collector.config_types import ComponentConfig, Duration, format_duration
-from collector.consumer import PermanentError, RetryableError
-from collector.pdata import count_items
-from collector.signals import ITEM_NAMES, Signal
+from collector.core.component import Settings
+from collector.core.config_types import ComponentConfig, Duration, format_duration
+from collector.core.consumer import PermanentError, RetryableError
+from collector.core.pdata import REJECTED_FIELDS, count_items
+from collector.core.signals import ITEM_NAMES, Signal
 
 Push = Callable[[object], Awaitable[None]]
 
@@ -93,18 +94,11 @@ class TLSClientConfig(ComponentConfig):
         return self
 
 
-_REJECTED_FIELDS = {
-    Signal.TRACES: "rejected_spans",
-    Signal.METRICS: "rejected_data_points",
-    Signal.LOGS: "rejected_log_records",
-}
-
-
 def check_partial_success(response, signal: Signal, log) -> None:
     """Raise PermanentError(rejected=n) when an OTLP export response rejected n items; log a
     warning when it carries only a message."""
     partial = response.partial_success
-    rejected = getattr(partial, _REJECTED_FIELDS[signal])
+    rejected = getattr(partial, REJECTED_FIELDS[signal])
     if rejected:
         raise PermanentError(partial.error_message or "no message", rejected=rejected)
     if partial.error_message:
@@ -160,7 +154,7 @@ class Sender:
         if self._queue is None or self._workers or self._closed:
             return
         self._workers = [
-            asyncio.create_task(self._consume_queue(), name=f"sender-{i}")
+            asyncio.create_task(self._consume_queue(self._queue), name=f"sender-{i}")
             for i in range(self._queue_cfg.num_consumers)
         ]
 
@@ -178,22 +172,23 @@ class Sender:
 
     async def flush(self) -> None:
         """Wait until every batch queued so far has been sent (or given up on)."""
-        if self._workers:
+        if self._queue is not None and self._workers:
             await self._queue.join()
 
     async def shutdown(self) -> None:
         """Refuse new batches, send everything queued, then stop the consumers. If cancelled
         (the service's shutdown timeout), drop what is left and stop at once."""
         self._closed = True
-        if not self._workers:
+        queue = self._queue
+        if queue is None or not self._workers:
             return
         try:
-            await self._queue.join()
+            await queue.join()
         finally:
             dropped = self._in_flight
-            while not self._queue.empty():
-                dropped += count_items(self._queue.get_nowait())
-                self._queue.task_done()
+            while not queue.empty():
+                dropped += count_items(queue.get_nowait())
+                queue.task_done()
             if dropped:
                 self._failed.inc(dropped)
                 self._log.error(
@@ -207,9 +202,9 @@ class Sender:
                     await task
             self._workers = []
 
-    async def _consume_queue(self) -> None:
+    async def _consume_queue(self, queue: asyncio.Queue) -> None:
         while True:
-            batch = await self._queue.get()
+            batch = await queue.get()
             items = count_items(batch)
             self._in_flight += items
             try:
@@ -218,7 +213,7 @@ class Sender:
                     await self._export(batch)
             finally:
                 self._in_flight -= items
-                self._queue.task_done()
+                queue.task_done()
 
     async def _export(self, batch) -> None:
         """One batch through retry and timeout; counts and logs the outcome, raises the final
@@ -287,13 +282,16 @@ class Sender:
             ) from None
 
 
-class Exporter:
+C = TypeVar("C", bound=SenderConfig)
+
+
+class Exporter(Generic[C]):
     """Base of the network exporters: owns the Sender; subclasses implement `push` and, when
     they hold a connection, `connect` / `disconnect`."""
 
     mutates_data = False
 
-    def __init__(self, settings: Settings, config: SenderConfig, signal: Signal) -> None:
+    def __init__(self, settings: Settings, config: C, signal: Signal) -> None:
         self.settings = settings
         self.config = config
         self.signal = signal

@@ -14,8 +14,13 @@ from datetime import UTC, datetime
 from aiohttp import web
 from pydantic import field_validator
 
-from collector.component import Factory, Kind, Settings
-from collector.config_types import ComponentConfig, ListenEndpoint, format_duration, split_endpoint
+from collector.core.component import Factory, Host, Kind, Settings
+from collector.core.config_types import (
+    ComponentConfig,
+    ListenEndpoint,
+    format_duration,
+)
+from collector.core.endpoints import bound_port, split_endpoint
 
 
 class ResponseBody(ComponentConfig):
@@ -51,12 +56,12 @@ class HealthCheck:
         self.config = config
         self.log = settings.logger
         self.endpoint: str | None = None
-        self._host = None
+        self._host: Host | None = None
         self._runner: web.AppRunner | None = None
-        self._started_at: datetime | None = None
-        self._started_monotonic = 0.0
+        self._started_at = datetime.now(UTC)
+        self._started_monotonic = time.monotonic()
 
-    async def start(self, host) -> None:
+    async def start(self, host: Host) -> None:
         self._host = host
         self._started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
@@ -71,12 +76,12 @@ class HealthCheck:
         except OSError:
             await self.shutdown()
             raise
-        bound = site._server.sockets[0].getsockname()[1]
+        bound = bound_port(site)
         self.endpoint = f"[{address}]:{bound}" if ":" in address else f"{address}:{bound}"
         self.log.info("health check served", extra={"kv": {"endpoint": self.endpoint}})
 
     async def _check(self, _request: web.Request) -> web.Response:
-        healthy = self._host.status == "ready"
+        healthy = self._host is not None and self._host.status == "ready"
         status = 200 if healthy else 503
         fixed = self.config.response_body
         if fixed is not None:

@@ -4,14 +4,14 @@ spans, log records and metric data points, optionally only for those selected by
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig
-from collector.consumer import Consumer
-from collector.pdata import iter_items, metric_points
-from collector.processors.attraction import Actions, AttributeActions
-from collector.processors.base import Processor
-from collector.processors.matching import MatchProperties, selector
-from collector.signals import Signal
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig
+from collector.core.consumer import Consumer
+from collector.core.pdata import iter_items, metric_points
+from collector.core.signals import Signal
+from collector.processors.internal.attraction import Actions, AttributeActions
+from collector.processors.internal.base import Processor
+from collector.processors.internal.matching import MatchProperties, selector
 
 
 class Config(ComponentConfig):
@@ -31,9 +31,10 @@ class AttributesProcessor(Processor):
     def __init__(self, settings: Settings, config: Config, signal: Signal, next: Consumer) -> None:
         super().__init__(settings, config, signal, next)
         self._actions = AttributeActions(config.actions)
+        include, exclude = config.include, config.exclude
         self._selected = selector(
-            config.include and config.include.predicate(signal),
-            config.exclude and config.exclude.predicate(signal),
+            include.predicate(signal) if include else None,
+            exclude.predicate(signal) if exclude else None,
         )
 
     def process(self, batch):

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from pydantic import Field, model_validator
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, Duration
-from collector.consumer import Consumer
-from collector.pdata import LEVELS, count_items, metric_points, new_batch, resources, signal_of
-from collector.processors.base import Processor
-from collector.signals import Signal
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, Duration
+from collector.core.consumer import Consumer
+from collector.core.pdata import LEVELS, count_items, metric_points, new_batch, resources, signal_of
+from collector.core.signals import Signal
+from collector.processors.internal.base import Processor
 
 
 class Config(ComponentConfig):
@@ -166,7 +167,9 @@ class _ChunkWriter:
         self._limit = limit
         self._room = 0
         self._res_source = self._scope_source = None
-        self._out_res = self._target = None
+        # The output resource and items field of whichever signal this writer chunks.
+        self._out_res: Any = None
+        self._target: Any = None
 
     def add_items(self, res, scope, items) -> None:
         start = 0

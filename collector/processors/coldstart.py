@@ -1,7 +1,7 @@
 """coldstart processor: tags the entry spans of AWS Lambda and ECS/Fargate services that paid a
 cold start.
 
-Entry spans are the spans where a request enters a process (collector.pdata.is_entry_span):
+Entry spans are the spans where a request enters a process (collector.core.pdata.is_entry_span):
 kind SERVER or CONSUMER, or no parent span. Other spans are left untouched. A resource is Lambda
 when `cloud.platform` is `aws_lambda` or it has a `faas.*` attribute, ECS/Fargate when
 `cloud.platform` is `aws_ecs` or it has an `aws.ecs.*` attribute; other resources pass through
@@ -53,13 +53,9 @@ or another coldtail) and keeps its judgement; only a joined report's init values
 from __future__ import annotations
 
 import functools
-import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import NamedTuple
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -67,37 +63,37 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import Field
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, Duration
-from collector.consumer import Consumer
-from collector.pdata import duration_ns, is_entry_span
-from collector.processors.base import Processor
-from collector.signals import Signal
-from collector.telemetry import Telemetry
+from collector.awslambda.init_reports import (
+    AHEAD_OF_REQUESTS,
+    InitReport,
+    InitReports,
+    normalize_init_type,
+)
+from collector.core.attributes import (
+    COLD_START,
+    COLD_START_SOURCE,
+    FAAS_COLDSTART,
+    FAAS_INVOCATION_ID,
+    INIT_DURATION_MS,
+    INIT_TYPE,
+    SOURCE_INSTRUMENTATION,
+)
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, Duration
+from collector.core.consumer import Consumer
+from collector.core.pdata import duration_ns, is_entry_span, iso_time_ns
+from collector.core.signals import Signal
+from collector.processors.internal.base import Processor
 
-FAAS_COLDSTART = "faas.coldstart"
-COLD_START = "coldtail.cold_start"
-SOURCE = "coldtail.cold_start.source"
-INIT_TYPE = "coldtail.init_type"
-INIT_DURATION_MS = "coldtail.init_duration_ms"
-INVOCATION_ID = "faas.invocation_id"
-
-INSTRUMENTATION = "instrumentation"
+INSTRUMENTATION = SOURCE_INSTRUMENTATION
 TELEMETRY_API = "telemetry_api"
 INFERRED = "inferred"
 SOURCES = (INSTRUMENTATION, TELEMETRY_API, INFERRED)
 
-ON_DEMAND = "on-demand"
-PROVISIONED_CONCURRENCY = "provisioned-concurrency"
-SNAP_START = "snap-start"
-MANAGED_INSTANCES = "lambda-managed-instances"
-# The init ran before any request arrived, so no user waited for it.
-_AHEAD_OF_REQUESTS = frozenset({PROVISIONED_CONCURRENCY, SNAP_START, MANAGED_INSTANCES})
-
 _INIT_SPAN_NAME = "init"
 _REQUEST_KINDS = (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER)
 _SPAN_KEYS = frozenset(
-    {FAAS_COLDSTART, COLD_START, SOURCE, INIT_TYPE, INIT_DURATION_MS, INVOCATION_ID}
+    {FAAS_COLDSTART, COLD_START, COLD_START_SOURCE, INIT_TYPE, INIT_DURATION_MS, FAAS_INVOCATION_ID}
 )
 
 _LAMBDA = "lambda"
@@ -148,101 +144,6 @@ class Config(ComponentConfig):
     first requests get no coldtail.cold_start. Default 10s; 0 means no grace."""
 
 
-def normalize_init_type(text: str) -> str:
-    """`PROVISIONED_CONCURRENCY`, `SnapStart`, ... to the Telemetry API spelling
-    (`provisioned-concurrency`, `snap-start`)."""
-    value = text.strip().lower().replace("_", "-")
-    return SNAP_START if value == "snapstart" else value
-
-
-@dataclass(frozen=True, slots=True)
-class InitReport:
-    """What is known of one init, from a report or an init span."""
-
-    init_duration_ms: float
-    init_type: str | None  # None: an init span that does not say
-
-
-UNNAMED = ""  # the environment of a reporter that cannot name it (see InitReports.record)
-
-
-class InitReports:
-    """Lambda init reports (Telemetry API `platform.initReport`) waiting for the first entry span
-    of their execution environment.
-
-    A receiver calls `record`; coldstart processors `take` a report when they judge an entry
-    span of that environment. Safe to call from any thread and from the event loop (no call
-    blocks for more than a dict operation). At most `max_pending` reports are held; the oldest
-    is dropped first. A report is taken once: with coldstart processors in several pipelines,
-    the first to see the environment joins it.
-    """
-
-    def __init__(self, max_pending: int = 10_000) -> None:
-        self.max_pending = max_pending
-        self._lock = threading.Lock()
-        self._pending: OrderedDict[str, InitReport] = OrderedDict()
-        self._by_invocation: OrderedDict[str, InitReport] = OrderedDict()
-        self._latest: InitReport | None = None  # not yet followed by an invocation
-
-    def record(self, environment: str, init_duration_ms: float, init_type: str = ON_DEMAND) -> None:
-        """Report that `environment` (its id as on the resource: `faas.instance`, the log stream
-        name, else `service.instance.id` or `host.id`) initialized in `init_duration_ms`
-        milliseconds; `init_type` is the Telemetry API initializationType. `environment` ""
-        (UNNAMED) means the one environment this collector serves, whose id the reporter does not
-        know: a Lambda extension is not told its function's log stream name. The next new
-        environment takes that report."""
-        report = InitReport(float(init_duration_ms), normalize_init_type(init_type))
-        with self._lock:
-            _put_bounded(self._pending, environment, report, self.max_pending)
-            self._latest = report
-
-    def first_invocation(self, request_id: str) -> None:
-        """The invocation `request_id` is the first since the last report: it also takes that
-        report, for spans that do not name their environment (a SnapStart runtime is not told
-        its log stream)."""
-        with self._lock:
-            if self._latest is not None:
-                _put_bounded(self._by_invocation, request_id, self._latest, self.max_pending)
-                self._latest = None
-
-    def take(self, environment: str, invocation_id: str = "") -> InitReport | None:
-        """Remove and return the report of `environment`, else of `invocation_id` (see
-        `first_invocation`), else an UNNAMED report; without `environment`, only the
-        invocation's."""
-        with self._lock:
-            by_invocation = self._by_invocation.pop(invocation_id, None) if invocation_id else None
-            if by_invocation is not None and self._pending.get(UNNAMED) is by_invocation:
-                del self._pending[UNNAMED]
-            if not environment:
-                return by_invocation
-            report = self._pending.pop(environment, None) or by_invocation
-            return report or self._pending.pop(UNNAMED, None)
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-
-_reports_lock = threading.Lock()
-_reports: weakref.WeakKeyDictionary[Telemetry, InitReports] = weakref.WeakKeyDictionary()
-
-
-def _put_bounded(reports: OrderedDict, key: str, report: InitReport, most: int) -> None:
-    reports[key] = report
-    reports.move_to_end(key)
-    if len(reports) > most:
-        reports.popitem(last=False)
-
-
-def init_reports(telemetry: Telemetry) -> InitReports:
-    """The init report store of the service owning `telemetry`, shared by its receivers and
-    coldstart processors; created on first use."""
-    with _reports_lock:
-        store = _reports.get(telemetry)
-        if store is None:
-            store = _reports[telemetry] = InitReports()
-        return store
-
-
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["processor", "pipeline"]
@@ -265,20 +166,6 @@ class _Metrics:
             [*labels, "source"],
             registry=registry,
         )
-
-
-# One processor per pipeline shares the service's registry, which refuses a second metric of
-# the same name.
-_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _metrics(registry: CollectorRegistry) -> _Metrics:
-    metrics = _metrics_by_registry.get(registry)
-    if metrics is None:
-        metrics = _metrics_by_registry[registry] = _Metrics(registry)
-    return metrics
 
 
 class _Resource(NamedTuple):
@@ -322,16 +209,6 @@ def _instrumented(found: dict) -> bool | None:
     return None
 
 
-def _parse_time_ns(text: str) -> int | None:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1e9)
-
-
 def _scan(attrs) -> dict:
     """The KeyValues of the span attributes this processor reads or writes, in one pass."""
     return {kv.key: kv for kv in attrs if kv.key in _SPAN_KEYS}
@@ -353,7 +230,7 @@ def _tags(cold: bool, source: str, with_cold_start: bool, with_faas: bool) -> by
     span = Span()
     if with_cold_start:
         span.attributes.add(key=COLD_START).value.bool_value = cold
-    span.attributes.add(key=SOURCE).value.string_value = source
+    span.attributes.add(key=COLD_START_SOURCE).value.string_value = source
     if with_faas:
         span.attributes.add(key=FAAS_COLDSTART).value.bool_value = cold
     return span.SerializeToString()
@@ -380,10 +257,10 @@ class ColdStartProcessor(Processor):
         super().__init__(settings, config, signal, next)
         # Wall-clock seconds; drives the late-start rule and environment_ttl.
         self.clock = clock
-        self.reports = init_reports(settings.telemetry)
+        self.reports = settings.shared.get(InitReports)
         self.environments: OrderedDict[tuple[str, str], _Environment] = OrderedDict()
         self._judgeable_from_ns = int((clock() - config.startup_grace) * 1e9)
-        metrics = _metrics(settings.telemetry.registry)
+        metrics = settings.telemetry.metric_set(_Metrics)
         labels = {"processor": str(settings.id), "pipeline": settings.pipeline}
         self._tracked = metrics.environments.labels(**labels)
         self._evicted_lru = metrics.evictions.labels(**labels, reason="lru")
@@ -462,7 +339,7 @@ class ColdStartProcessor(Processor):
             platform,
             key,
             window,
-            _parse_time_ns(created.string_value) if created is not None else None,
+            iso_time_ns(created.string_value) if created is not None else None,
             normalize_init_type(init_type.string_value) if init_type is not None else None,
         )
 
@@ -479,22 +356,24 @@ class ColdStartProcessor(Processor):
             del environments[key]
             self._evicted_ttl.inc()
 
-    def _visit(self, span: Span, resource: _Resource, now: float) -> tuple[int, bool | None]:
+    def _visit(
+        self, key: tuple[str, str], span: Span, resource: _Resource, now: float
+    ) -> tuple[int, bool | None]:
         """(entry spans seen before this one, up to the cold window; the cold verdict for the
-        window) of the span's environment, which becomes the most recently seen."""
+        window) of the span's environment `key`, which becomes the most recently seen."""
         environments = self.environments
-        state = environments.get(resource.key)
+        state = environments.get(key)
         if state is None:
             started = resource.start_ns
             if started is None:
                 started = span.start_time_unix_nano
             state = _Environment(True if started >= self._judgeable_from_ns else None)
-            environments[resource.key] = state
+            environments[key] = state
             if len(environments) > self.config.max_environments:
                 environments.popitem(last=False)
                 self._lru_evictions += 1
         else:
-            environments.move_to_end(resource.key)
+            environments.move_to_end(key)
         state.last_seen = now
         position = state.seen
         if position < resource.window:
@@ -506,17 +385,17 @@ class ColdStartProcessor(Processor):
     ) -> str | None:
         """Tag one entry span; the source when it was tagged cold."""
         position = first_cold = report = None
-        invocation = found.get(INVOCATION_ID)
+        invocation = found.get(FAAS_INVOCATION_ID)
         invocation_id = invocation.value.string_value if invocation is not None else ""
         if resource.key is not None:
-            position, first_cold = self._visit(span, resource, now)
+            position, first_cold = self._visit(resource.key, span, resource, now)
             if self.reports:
                 report = self.reports.take(resource.key[1], invocation_id)
                 if position != 0:
                     report = None  # too late: this environment's cold span is already gone
         elif invocation_id and self.reports:
             report = self.reports.take("", invocation_id)
-        if SOURCE in found:
+        if COLD_START_SOURCE in found:
             if report is not None:
                 _set_init(span, found, report, replace=True)
             return None
@@ -536,7 +415,7 @@ class ColdStartProcessor(Processor):
         kv = found.get(INIT_TYPE)
         if kv is not None:
             init_type = normalize_init_type(kv.value.string_value)
-        if cold and init_type in _AHEAD_OF_REQUESTS:
+        if cold and init_type in AHEAD_OF_REQUESTS:
             cold = False
 
         if cold is not None:

@@ -20,19 +20,19 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig
-from collector.consumer import Consumer
-from collector.pdata import LEVELS, count_items, resources
-from collector.processors.base import Processor
-from collector.processors.matching import (
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig
+from collector.core.consumer import Consumer
+from collector.core.pdata import LEVELS, count_items, resources
+from collector.core.signals import Signal
+from collector.processors.internal.base import Processor
+from collector.processors.internal.matching import (
     LogMatchProperties,
     MatchProperties,
     MetricMatchProperties,
     Predicate,
     selector,
 )
-from collector.signals import Signal
 
 
 class SpanFilter(ComponentConfig):
@@ -107,11 +107,13 @@ def _keeper(config: Config, signal: Signal) -> Predicate | None:
     if signal is Signal.TRACES:
         include, exclude = config.spans.include, config.spans.exclude
         return selector(
-            include and include.predicate(signal), exclude and exclude.predicate(signal)
+            include.predicate(signal) if include else None,
+            exclude.predicate(signal) if exclude else None,
         )
     part = config.metrics if signal is Signal.METRICS else config.logs
     return selector(
-        part.include and part.include.predicate(), part.exclude and part.exclude.predicate()
+        part.include.predicate() if part.include else None,
+        part.exclude.predicate() if part.exclude else None,
     )
 
 

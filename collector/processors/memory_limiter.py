@@ -17,12 +17,12 @@ from pathlib import Path
 import psutil
 from pydantic import Field, model_validator
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, Duration
-from collector.consumer import Consumer, RetryableError
-from collector.pdata import count_items
-from collector.processors.base import Processor
-from collector.signals import Signal
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, Duration
+from collector.core.consumer import Consumer, RetryableError
+from collector.core.pdata import count_items
+from collector.core.signals import Signal
+from collector.processors.internal.base import Processor
 
 MIB = 1 << 20
 # cgroup v2, then v1; the first that holds a limit below physical memory wins.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig
-from collector.consumer import Consumer
-from collector.pdata import resources
-from collector.processors.attraction import Actions, AttributeActions
-from collector.processors.base import Processor
-from collector.signals import Signal
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig
+from collector.core.consumer import Consumer
+from collector.core.pdata import resources
+from collector.core.signals import Signal
+from collector.processors.internal.attraction import Actions, AttributeActions
+from collector.processors.internal.base import Processor
 
 
 class Config(ComponentConfig):

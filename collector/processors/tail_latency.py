@@ -8,8 +8,9 @@ latency percentiles as metrics.
       dimensions: [service.name, span.name, span.kind]
 
 Spans are grouped by key (the values of `dimensions`). Each key keeps a sketch of its span
-durations over a sliding window (relative accuracy 1%, see collector.processors.sketch). Once a
-key holds `min_samples` durations, a span at or above the key's p95 (p99) gets
+durations over a sliding window (relative accuracy 1%, see
+collector.processors.internal.sketch). Once a key holds `min_samples` durations, a span at or
+above the key's p95 (p99) gets
 `coldtail.latency.tail` = "p95" ("p99": the highest percentile crossed) and
 `coldtail.latency.threshold_ms`, the duration of that percentile. Thresholds are within 1% of
 the exact percentiles, so a span within 1% of one may fall either side.
@@ -55,21 +56,23 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, Duration
-from collector.consumer import Consumer
-from collector.pdata import any_value_to_python, is_entry_span, set_attr
-from collector.processors.base import Processor
-from collector.processors.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
-from collector.signals import Signal
+from collector.core.attributes import (
+    COLD_START,
+    FAAS_COLDSTART,
+    LATENCY_TAIL,
+    LATENCY_THRESHOLD_MS,
+)
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, Duration
+from collector.core.consumer import Consumer
+from collector.core.pdata import any_value_to_python, is_entry_span, set_attr
+from collector.core.signals import Signal
+from collector.processors.internal.base import Processor
+from collector.processors.internal.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
 
 SPAN_NAME = "span.name"
 SPAN_KIND = "span.kind"
-COLD_START = "coldtail.cold_start"
-FAAS_COLDSTART = "faas.coldstart"
 HTTP_ROUTE = "http.route"
-TAIL_ATTR = "coldtail.latency.tail"
-THRESHOLD_ATTR = "coldtail.latency.threshold_ms"
 
 COLD_START_LABELS = ("true", "false", "unknown")
 _RESERVED_LABELS = frozenset({"processor", "pipeline", "percentile", "tail", "cold_start"})
@@ -221,7 +224,7 @@ class TailLatency(Processor):
         self._min_count = max(1, config.min_samples)
         self._series: OrderedDict[tuple[str, ...], _Series] = OrderedDict()
         self.evicted = 0
-        self._metrics = _metrics_collector(settings.telemetry.registry)
+        self._metrics = settings.telemetry.metric_set(_MetricsCollector)
         self._metrics.processors.add(self)
 
     async def shutdown(self) -> None:
@@ -267,8 +270,8 @@ class TailLatency(Processor):
         thresholds, cutoffs = series.thresholds, series.cutoffs
         for i in range(len(thresholds) - 1, -1, -1):
             if duration >= cutoffs[i]:
-                set_attr(span.attributes, TAIL_ATTR, self._tail_labels[i])
-                set_attr(span.attributes, THRESHOLD_ATTR, thresholds[i] / _NS_PER_MS)
+                set_attr(span.attributes, LATENCY_TAIL, self._tail_labels[i])
+                set_attr(span.attributes, LATENCY_THRESHOLD_MS, thresholds[i] / _NS_PER_MS)
                 series.tail_spans[i * len(COLD_START_LABELS) + _cold_start(found)] += 1
                 return
 
@@ -371,8 +374,9 @@ class _MetricsCollector:
     scrape reads and advances the processors' windows, so it must run on the event loop thread
     that calls `process` (as the collector's own metrics server does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.processors: weakref.WeakSet[TailLatency] = weakref.WeakSet()
+        registry.register(self)
 
     def describe(self) -> Iterator[Metric]:
         return iter(_Families())
@@ -382,19 +386,6 @@ class _MetricsCollector:
         for processor in list(self.processors):
             processor.export_metrics(families)
         return iter(families)
-
-
-_collectors: weakref.WeakKeyDictionary[CollectorRegistry, _MetricsCollector] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _metrics_collector(registry: CollectorRegistry) -> _MetricsCollector:
-    collector = _collectors.get(registry)
-    if collector is None:
-        collector = _collectors[registry] = _MetricsCollector()
-        registry.register(collector)
-    return collector
 
 
 factory = Factory(

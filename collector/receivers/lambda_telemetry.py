@@ -2,7 +2,7 @@
 2022-12-13) as spans, FaaS metrics, logs and init reports for the coldstart processor.
 
 It is an HTTP listener to which Lambda POSTs JSON arrays of events once the Lambda extension
-has subscribed it (collector.lambda_extension, which subscribes with the destination Lambda
+has subscribed it (collector.awslambda.extension, which subscribes with the destination Lambda
 requires, `http://sandbox.localdomain:PORT`). Each delivered array is handled in one go and answered
 200 once its data has been pushed into the pipelines, so after a POST returns its data is in the
 pipelines. A pipeline refusal is counted and logged, not answered: redelivery would count the
@@ -17,7 +17,7 @@ for an extension, which serves exactly one.
 
 Init reports. `platform.initReport` (init type from the record, else from the last
 `platform.initStart`) and `platform.restoreReport` (SnapStart, init type `snap-start`) are
-recorded in the service's init report store (`collector.processors.coldstart.init_reports`),
+recorded in the service's init report store (`collector.awslambda.init_reports`),
 keyed by `faas_instance`; the coldstart processor joins them to the environment's first entry
 span. Lambda buffers events for up to `buffering.timeout_ms` before delivery: the
 default is the least Lambda allows (25 ms), so that the report is recorded before the first
@@ -71,7 +71,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
@@ -80,31 +79,31 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import Field, field_validator
 
-from collector.component import Factory, Host, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, ListenEndpoint, split_endpoint
-from collector.consumer import Consumer
-from collector.pdata import (
-    Metrics,
-    build_batch,
-    count_items,
-    python_to_any_value,
-    set_attr,
-)
-from collector.processors.coldstart import (
+from collector.awslambda.init_reports import (
     ON_DEMAND,
     SNAP_START,
     UNNAMED,
-    init_reports,
+    InitReports,
     normalize_init_type,
 )
-from collector.signals import Signal
+from collector.core.attributes import FAAS_INVOCATION_ID, SYNTHETIC, TIMEOUT
+from collector.core.component import Factory, Host, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, ListenEndpoint
+from collector.core.consumer import Consumer
+from collector.core.endpoints import split_endpoint, with_port
+from collector.core.pdata import (
+    Metrics,
+    build_batch,
+    count_items,
+    iso_time_ns,
+    python_to_any_value,
+    set_attr,
+)
+from collector.core.signals import Signal
 
 # The instrumentation scope of everything this receiver makes.
 SCOPE_NAME = "coldtail/lambda_telemetry"
 
-INVOCATION_ID = "faas.invocation_id"
-SYNTHETIC = "coldtail.synthetic"
-TIMEOUT = "coldtail.timeout"
 
 _MIB = 1024 * 1024
 _DEFAULT_MAX_REQUEST_BODY_SIZE = 4 * _MIB
@@ -131,7 +130,6 @@ _MEM_USAGE_BOUNDS = tuple(
     mib * _MIB for mib in (32, 64, 128, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192, 10240)
 )
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _XRAY_ROOT = re.compile(r"1-([0-9a-fA-F]{8})-([0-9a-fA-F]{24})")
 _XRAY_PARENT = re.compile(r"[0-9a-fA-F]{16}")
 _TEXT_LEVEL = re.compile(r"\[([A-Za-z]+)\]")
@@ -249,19 +247,6 @@ def environment_resource(environ: Mapping[str, str]) -> dict[str, Any]:
     return {key: value for key, value in attributes.items() if value is not None}
 
 
-def _time_ns(text: object) -> int | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    # Whole microseconds, without the rounding of a float timestamp.
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
 def _number(record: dict, *keys: str) -> float | None:
     """record[keys[0]][keys[1]]..., when it is a number."""
     value: Any = record
@@ -292,10 +277,6 @@ def _xray_ids(tracing: object) -> tuple[bytes, bytes]:
         elif key == "Parent" and _XRAY_PARENT.fullmatch(value):
             parent = bytes.fromhex(value)
     return trace_id, parent
-
-
-def _with_port(endpoint: str, port: int) -> str:
-    return f"{endpoint.rpartition(':')[0]}:{port}"
 
 
 class _Histogram:
@@ -425,7 +406,7 @@ class LambdaTelemetryReceiver:
             "AWS_LAMBDA_LOG_STREAM_NAME", ""
         )
         self._base_resource = {**environment_resource(os.environ), **config.resource}
-        self._reports = init_reports(settings.telemetry)
+        self._reports = settings.shared.get(InitReports)
         self._init_type = ON_DEMAND  # from the last platform.initStart
         self._starts: OrderedDict[str, _Start] = OrderedDict()
         # Request ids whose runtimeDone was seen: their report makes no second span.
@@ -462,7 +443,7 @@ class LambdaTelemetryReceiver:
         except BaseException:
             await self.shutdown()
             raise
-        self.endpoint = _with_port(self.config.endpoint, runner.addresses[0][1])
+        self.endpoint = with_port(self.config.endpoint, runner.addresses[0][1])
         self.log.info("Telemetry API listening", extra={"kv": {"endpoint": self.endpoint}})
 
     async def shutdown(self) -> None:
@@ -499,7 +480,7 @@ class LambdaTelemetryReceiver:
     def _handle(self, event: dict, delivery: _Delivery) -> None:
         event_type = event["type"]
         record = event.get("record")
-        time_ns = _time_ns(event.get("time")) or time.time_ns()
+        time_ns = iso_time_ns(event.get("time")) or time.time_ns()
         handler = self._handlers.get(event_type)
         if handler is not None and isinstance(record, dict):
             handler(time_ns, record, delivery)
@@ -615,7 +596,7 @@ class LambdaTelemetryReceiver:
             end_time_unix_nano=end_ns,
             status=Status(code=Status.STATUS_CODE_ERROR, message=status),
         )
-        set_attr(span.attributes, INVOCATION_ID, request_id)
+        set_attr(span.attributes, FAAS_INVOCATION_ID, request_id)
         set_attr(span.attributes, SYNTHETIC, True)
         if status == _TIMEOUT:
             set_attr(span.attributes, TIMEOUT, True)
@@ -643,7 +624,7 @@ def _log_record(event_type: str, time_ns: int, record: object) -> LogRecord:
         log_record.severity_number = severity
         log_record.severity_text = level.upper()
     if isinstance(record, dict) and (request_id := _string(record, "requestId")):
-        set_attr(log_record.attributes, INVOCATION_ID, request_id)
+        set_attr(log_record.attributes, FAAS_INVOCATION_ID, request_id)
     return log_record
 
 

@@ -18,19 +18,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from collector import otlpjson
-from collector.component import Factory, Host, Kind, Settings, Stability
-from collector.config_types import ComponentConfig, ListenEndpoint, split_endpoint
-from collector.consumer import Consumer, PermanentError, RetryableError
-from collector.pdata import REQUEST_TYPES, RESPONSE_TYPES, count_items
-from collector.signals import Signal
+from collector.core import otlpjson
+from collector.core.component import Factory, Host, Kind, Settings, Stability
+from collector.core.config_types import ComponentConfig, ListenEndpoint
+from collector.core.consumer import Consumer, PermanentError, RetryableError
+from collector.core.endpoints import split_endpoint, with_port
+from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, RESPONSE_TYPES, count_items
+from collector.core.signals import Signal
 
 if TYPE_CHECKING:
     import grpc
@@ -161,7 +162,7 @@ class Config(ComponentConfig):
 @dataclass(frozen=True)
 class _Codec:
     content_type: str
-    decode: Callable[[bytes, type], Any]
+    decode: Callable[[bytes, type[Message]], Any]
     encode: Callable[[Any], bytes]
 
 
@@ -175,12 +176,6 @@ _CODECS = {codec.content_type: codec for codec in (_PROTOBUF, _JSON)}
 
 # zlib window bits per Content-Encoding ("deflate" is the zlib format, as in HTTP).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-_REJECTED_FIELD = {
-    Signal.TRACES: "rejected_spans",
-    Signal.METRICS: "rejected_data_points",
-    Signal.LOGS: "rejected_log_records",
-}
 
 _SERVICES = {
     Signal.TRACES: trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
@@ -248,11 +243,6 @@ def _status(code: int, message: str, retry_after_s: float | None = None) -> stat
         delay.FromNanoseconds(round(retry_after_s * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status
-
-
-def _with_port(endpoint: str, port: int) -> str:
-    """The configured endpoint with the port actually bound (they differ for port 0)."""
-    return f"{endpoint.rpartition(':')[0]}:{port}"
 
 
 def _origin_matcher(patterns: list[str]) -> Callable[[str], bool]:
@@ -331,7 +321,7 @@ class OtlpReceiver:
                 raise
             accepted.inc(items - e.rejected)
             refused.inc(e.rejected)
-            setattr(response.partial_success, _REJECTED_FIELD[signal], e.rejected)
+            setattr(response.partial_success, REJECTED_FIELDS[signal], e.rejected)
             response.partial_success.error_message = str(e)
             return response
         except Exception:
@@ -358,7 +348,7 @@ class OtlpReceiver:
         for signal in self.next:
             # Requests arrive as bytes and are parsed here, so undecodable ones can be answered
             # with INVALID_ARGUMENT (grpc's own deserializer would report UNKNOWN).
-            handler = grpc.unary_unary_rpc_method_handler(
+            handler: grpc.RpcMethodHandler[bytes, Any] = grpc.unary_unary_rpc_method_handler(
                 functools.partial(self._grpc_export, signal),
                 response_serializer=RESPONSE_TYPES[signal].SerializeToString,
             )
@@ -370,7 +360,7 @@ class OtlpReceiver:
         except RuntimeError as e:
             raise OSError(f"cannot listen on {config.endpoint} for OTLP/gRPC: {e}") from None
         await server.start()
-        return _with_port(config.endpoint, port)
+        return with_port(config.endpoint, port)
 
     async def _grpc_export(self, signal: Signal, data: bytes, context: grpc.aio.ServicerContext):
         import grpc  # already loaded by _start_grpc
@@ -411,7 +401,7 @@ class OtlpReceiver:
         await runner.setup()
         host, port = split_endpoint(config.endpoint)
         await web.TCPSite(runner, host, port).start()
-        return _with_port(config.endpoint, runner.addresses[0][1])
+        return with_port(config.endpoint, runner.addresses[0][1])
 
     async def _http_export(self, signal: Signal, request: web.Request) -> web.StreamResponse:
         if (
@@ -452,7 +442,9 @@ class OtlpReceiver:
         return web.Response(body=codec.encode(response), content_type=codec.content_type)
 
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.config.protocols.http.max_request_body_size
+        http = self.config.protocols.http
+        assert http is not None, "HTTP requests without the HTTP protocol"
+        limit = http.max_request_body_size
         if request.content_length is not None and request.content_length > limit:
             raise _RequestError(413, f"body of {request.content_length} bytes exceeds {limit}")
         chunks, size = [], 0

@@ -261,11 +261,11 @@ def build(out: Path, runtime: str | None = None, arch: str | None = None) -> Pat
         layer = Path(tmp).resolve()
         tree = layer / "coldtail"
         _install_dependencies(target, tree)
-        # The project is pure Python: its tree as is, less the test harness.
+        # The project is pure Python: its tree as is.
         shutil.copytree(
             ROOT / "collector",
             tree / "collector",
-            ignore=shutil.ignore_patterns("__pycache__", "testing"),
+            ignore=shutil.ignore_patterns("__pycache__"),
         )
         _prune(tree)
         _trim_dist_info(tree)

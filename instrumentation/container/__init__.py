@@ -13,11 +13,11 @@ start, not per request, and gets batching, retries and the standard variables in
 `configure()` sets up:
 
 - The resource: the SDK's (telemetry.sdk.*, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS), then the ECS
-  task's attributes (instrumentation.ecs; at most 0.5 s, and without the metadata endpoint, or
-  when it fails, the service starts with what is known), `service.instance.id` (a random UUID
-  per process: each worker is an instance, and a UUID cannot collide when a worker's pid is
-  reused), `process.pid` and `telemetry.distro.*` over it, and OTEL_RESOURCE_ATTRIBUTES and
-  OTEL_SERVICE_NAME over everything.
+  task's attributes (instrumentation.container.ecs; at most 0.5 s, and without the metadata
+  endpoint, or when it fails, the service starts with what is known), `service.instance.id` (a
+  random UUID per process: each worker is an instance, and a UUID cannot collide when a worker's
+  pid is reused), `process.pid` and `telemetry.distro.*` over it, and OTEL_RESOURCE_ATTRIBUTES
+  and OTEL_SERVICE_NAME over everything.
 - Export: a BatchSpanProcessor (OTEL_BSP_*) to OTLP/HTTP protobuf at
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, else the
   sidecar at http://127.0.0.1:4318/v1/traces; OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, _COMPRESSION
@@ -65,7 +65,7 @@ import time
 import uuid
 
 from instrumentation import __version__, sdk
-from instrumentation.ecs import detect_ecs_resource
+from instrumentation.container.ecs import detect_ecs_resource
 from instrumentation.exporter import DEFAULT_ENDPOINT
 from instrumentation.resource import process_start_ns, whole_number
 

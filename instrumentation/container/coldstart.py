@@ -22,9 +22,12 @@ import threading
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import SpanKind
 
-COLD_START = "coldtail.cold_start"
-SOURCE = "coldtail.cold_start.source"
-TIME_SINCE_START_MS = "coldtail.time_since_start_ms"
+from instrumentation.attributes import (
+    COLD_START,
+    COLD_START_SOURCE,
+    SOURCE_INSTRUMENTATION,
+    TIME_SINCE_START_MS,
+)
 
 
 class ColdStartProcessor(SpanProcessor):
@@ -51,6 +54,6 @@ class ColdStartProcessor(SpanProcessor):
             if cold:
                 self._served += 1
         span.set_attribute(COLD_START, cold)
-        span.set_attribute(SOURCE, "instrumentation")
+        span.set_attribute(COLD_START_SOURCE, SOURCE_INSTRUMENTATION)
         if cold:
             span.set_attribute(TIME_SINCE_START_MS, (span.start_time - self.start_ns) / 1e6)

@@ -7,18 +7,18 @@ import yaml
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector import otlpjson
-from collector.component import Factory, Kind
-from collector.config import validate
 from collector.connectors.span_metrics import Config, factory
-from collector.consumer import RetryableError
-from collector.pdata import Metrics, Traces, any_value_to_python, count_metric_points, get_attr
-from collector.service import Service
-from collector.signals import Signal
-from collector.testing import recording
-from collector.testing.builders import make_traces
-from collector.testing.components import StaticHost, make_settings
-from collector.testing.sinks import ErrorConsumer, SinkConsumer
+from collector.core import otlpjson
+from collector.core.component import Factory, Kind
+from collector.core.config import validate
+from collector.core.consumer import RetryableError
+from collector.core.pdata import Metrics, Traces, any_value_to_python, count_metric_points, get_attr
+from collector.core.service import Service
+from collector.core.signals import Signal
+from tests.support import recording
+from tests.support.builders import make_traces
+from tests.support.components import StaticHost, make_settings
+from tests.support.sinks import ErrorConsumer, SinkConsumer
 
 TESTDATA = Path(__file__).parent / "testdata"
 CASES = yaml.safe_load((TESTDATA / "span_metrics.yaml").read_text())

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from instrumentation.container import bootstrap
 from instrumentation.container.coldstart import ColdStartProcessor
-from tests.container.conftest import APPS, WRAPPER, server_spans, service_environment
+from tests.support.containers import APPS, WRAPPER, server_spans, service_environment
 
 START_NS = 1_700_000_000_000_000_000
 

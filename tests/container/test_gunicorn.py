@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from collector.testing.process import free_port
-from instrumentation.ecs import detect_ecs_resource
-from tests.container.conftest import item_of, server_spans, stop_under_load
+from instrumentation.container.ecs import detect_ecs_resource
+from tests.support.containers import item_of, server_spans, stop_under_load
+from tests.support.process import free_port
 
 
 def start_gunicorn(service, metadata_uri: str):

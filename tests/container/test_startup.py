@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from collector.testing.process import free_port
-from tests.container.conftest import server_spans
+from tests.support.containers import server_spans
+from tests.support.process import free_port
 
 
 @pytest.mark.parametrize("failure", [None, "error", "hang"])

@@ -11,8 +11,8 @@ import signal
 
 import pytest
 
-from collector.testing.process import free_port
-from tests.container.conftest import item_of, server_spans, stop_under_load
+from tests.support.containers import item_of, server_spans, stop_under_load
+from tests.support.process import free_port
 
 
 @pytest.mark.parametrize("workers", [1, 2])

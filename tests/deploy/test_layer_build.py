@@ -81,6 +81,7 @@ def top_level(archive: zipfile.ZipFile) -> set[str]:
     return {name.split("/")[1] for name in archive.namelist() if name.startswith("coldtail/")}
 
 
+@pytest.mark.slow
 def test_native_code_is_for_the_target_machine_and_python(layer):
     runtime, arch, archive = layer
     elves = []
@@ -128,7 +129,7 @@ def test_every_module_ships_once_as_bytecode_for_its_runtime(layer):
     assert all(name.startswith(("coldtail/collector/", "python/")) for name in sources)
     assert not {name + "c" for name in sources} & bytecode
     # The collector and the instrumentation: source, and bytecode in __pycache__ for it.
-    assert "coldtail/collector/config.py" in sources
+    assert "coldtail/collector/core/config.py" in sources
     assert "python/instrumentation/handler.py" in sources
     for source in sources:
         folder, _, module = source.rpartition("/")
@@ -184,6 +185,7 @@ def test_table_lists_each_zip_with_its_sizes(built):
         ]
 
 
+@pytest.mark.slow
 def test_the_same_tree_builds_the_same_zip(built, tmp_path):
     first = built("python3.13", "arm64")
     again = build_layer.build(tmp_path / "again.zip", "python3.13", "arm64")
@@ -206,6 +208,7 @@ def test_a_runtime_without_its_python_is_named():
         build_layer.interpreter("3.99")
 
 
+@pytest.mark.slow
 def test_without_its_python_a_layer_ships_sources_that_the_extension_compiles_into_tmp(
     monkeypatch, tmp_path, capfd
 ):
@@ -267,11 +270,11 @@ sys.addaudithook(audit)
 import asyncio
 import json
 
-import collector.lambda_extension
-from collector import confmap
-from collector.components import registry
-from collector.config import validate
-from collector.service import Service
+import collector.awslambda.extension
+from collector.core import confmap
+from collector.registry import registry
+from collector.core.config import validate
+from collector.core.service import Service
 
 raw = confmap.load(
     [opt + "/config/lambda-extension.yaml"],
@@ -291,7 +294,7 @@ async def run():
 
 asyncio.run(run())
 print(json.dumps({
-    "collector": collector.lambda_extension.__file__,
+    "collector": collector.awslambda.extension.__file__,
     "compiled": compiled,
 }))
 """

@@ -15,10 +15,10 @@ import hcl2
 from cfnlint.decode import decode
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 
-from collector.pdata import get_attr, iter_spans
-from collector.signals import Signal
-from collector.testing.backend import Backend
-from collector.testing.lambda_emulator import LambdaEmulator, Status
+from collector.core.pdata import get_attr, iter_spans
+from collector.core.signals import Signal
+from emulator import LambdaEmulator, Status
+from tests.support.backend import Backend
 
 ROOT = Path(__file__).resolve().parents[2]
 SAM = ROOT / "deploy" / "lambda" / "sam"

@@ -3,7 +3,7 @@ its resource and scope, so tests can check that nothing was lost or changed."""
 
 from __future__ import annotations
 
-from collector.pdata import metric_points
+from collector.core.pdata import metric_points
 
 
 def spans(requests) -> dict[bytes, tuple]:

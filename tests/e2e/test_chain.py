@@ -9,11 +9,11 @@ from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-from collector.signals import Signal
-from collector.testing.jsonl import read_requests
-from collector.testing.process import CollectorProcess, free_port
+from collector.core.signals import Signal
 from tests.e2e import otlp_items
 from tests.e2e.test_sdk_to_file import make_logs, make_metrics, make_spans
+from tests.support.jsonl import read_requests
+from tests.support.process import CollectorProcess, free_port
 
 FRONT = """
 receivers:

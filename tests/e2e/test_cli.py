@@ -8,12 +8,12 @@ import urllib.request
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from collector.component import Kind
-from collector.components import registry
-from collector.signals import Signal
-from collector.testing.jsonl import read_requests
-from collector.testing.process import CollectorProcess, free_port
+from collector.core.component import Kind
+from collector.core.signals import Signal
+from collector.registry import registry
 from tests.e2e.test_sdk_to_file import make_spans
+from tests.support.jsonl import read_requests
+from tests.support.process import CollectorProcess, free_port
 
 
 def coldtail(*args: str) -> subprocess.CompletedProcess:
@@ -121,7 +121,7 @@ def test_emulate_invokes_a_handler_in_the_local_lambda(tmp_path):
         "--handler",
         "echo.handler",
         "--code",
-        "tests/testing/lambda_functions",
+        "tests/emulator/lambda_functions",
         "--event",
         str(event),
         "--invocations",

@@ -9,10 +9,10 @@ import threading
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from collector.signals import Signal
-from collector.testing.backend import Backend
-from collector.testing.builders import make_traces
-from collector.testing.process import CollectorProcess, free_port
+from collector.core.signals import Signal
+from tests.support.backend import Backend
+from tests.support.builders import make_traces
+from tests.support.process import CollectorProcess, free_port
 
 CONFIG = """
 receivers:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.pdata import get_attr, iter_spans, metric_points
-from collector.signals import Signal
-from collector.testing.backend import Backend
-from collector.testing.lambda_emulator import LambdaEmulator, Status
+from collector.core.pdata import get_attr, iter_spans, metric_points
+from collector.core.signals import Signal
+from emulator import LambdaEmulator, Status
+from tests.support.backend import Backend
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.instrumentation.functions.app.handler"
@@ -111,7 +111,7 @@ def test_layer_layout(opt):
     assert (opt / "extensions" / "coldtail").stat().st_mode & 0o111
     assert (opt / "config" / "lambda-extension.yaml").is_file()
     assert (opt / "python" / "instrumentation" / "handler.py").is_file()
-    assert (opt / "coldtail" / "collector" / "lambda_extension" / "__main__.py").is_file()
+    assert (opt / "coldtail" / "collector" / "awslambda" / "extension" / "__main__.py").is_file()
     # Compiled ahead: /opt is read-only in Lambda.
     assert list((opt / "python" / "instrumentation" / "__pycache__").glob("handler.*.pyc"))
 
@@ -192,7 +192,7 @@ async def test_end_of_invocation_exports_each_invocation_before_the_freeze(opt):
 
 
 async def test_timeout_and_crash_each_give_a_tagged_span_without_one_from_the_function(opt):
-    functions = ROOT / "tests" / "testing" / "lambda_functions"
+    functions = ROOT / "tests" / "emulator" / "lambda_functions"
     async with Backend() as backend:
         async with function(
             opt, backend, timeout=1.5, env={"COLDTAIL_TIMEOUT_WARNING_MS": "0"}
@@ -229,7 +229,7 @@ async def test_backend_down_does_not_hold_the_invocation_and_nothing_is_lost(opt
 async def test_no_span_is_lost_across_freeze_timeout_crash_and_shutdown(opt):
     """The default strategy exports in the background: what a freeze or the environment's end
     catches unsent leaves when it thaws, or at SHUTDOWN."""
-    functions = ROOT / "tests" / "testing" / "lambda_functions"
+    functions = ROOT / "tests" / "emulator" / "lambda_functions"
     async with Backend() as backend:
         expected = []
         async with function(opt, backend, timeout=1.5) as fn:
@@ -252,7 +252,7 @@ async def test_no_span_is_lost_across_freeze_timeout_crash_and_shutdown(opt):
 async def test_a_crash_lambda_reports_nothing_of_still_gives_a_span(opt):
     """Lambda's runtimeDone and report of the invocation lost: the extension knows of it from
     its INVOKE event and of its end from SHUTDOWN."""
-    functions = ROOT / "tests" / "testing" / "lambda_functions"
+    functions = ROOT / "tests" / "emulator" / "lambda_functions"
     withheld = ("platform.runtimeDone", "platform.report")
     async with (
         Backend() as backend,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.pdata import get_attr, iter_spans
-from collector.signals import Signal
-from collector.testing.jsonl import read_requests
-from collector.testing.lambda_emulator import LambdaEmulator, Status
-from collector.testing.process import CollectorProcess, free_port
+from collector.core.pdata import get_attr, iter_spans
+from collector.core.signals import Signal
+from emulator import LambdaEmulator, Status
+from tests.support.jsonl import read_requests
+from tests.support.process import CollectorProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = ROOT / "instrumentation" / "bin" / "coldtail-instrument"

@@ -30,10 +30,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from collector.signals import Signal
-from collector.testing.jsonl import read_requests
-from collector.testing.process import CollectorProcess, free_port
+from collector.core.signals import Signal
 from tests.e2e import otlp_items
+from tests.support.jsonl import read_requests
+from tests.support.process import CollectorProcess, free_port
 
 RESOURCE = Resource.create(
     {"service.name": "orders", "cloud.platform": "aws_lambda", "faas.name": "orders-fn"}

@@ -8,11 +8,11 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.pdata import get_attr, iter_spans
-from collector.signals import Signal
-from collector.testing.backend import Backend
-from collector.testing.builders import make_traces
-from collector.testing.process import CollectorProcess, free_port
+from collector.core.pdata import get_attr, iter_spans
+from collector.core.signals import Signal
+from tests.support.backend import Backend
+from tests.support.builders import make_traces
+from tests.support.process import CollectorProcess, free_port
 
 LAMBDA = {
     "service.name": "orders",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind
-from collector.signals import ITEM_NAMES, Signal
-from collector.telemetry import Telemetry
-from collector.testing.builders import make_logs, make_metrics, make_traces
-from collector.testing.components import StaticHost, make_settings
+from collector.core.component import Factory, Kind
+from collector.core.signals import ITEM_NAMES, Signal
+from collector.core.telemetry import Telemetry
+from tests.support.builders import make_logs, make_metrics, make_traces
+from tests.support.components import StaticHost, make_settings
 
 FAST_RETRY = {"initial_interval": "10ms", "max_interval": "20ms", "randomization_factor": 0}
 NO_QUEUE = {"enabled": False}

@@ -11,17 +11,16 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from pydantic import ValidationError
 
-from collector import otlpjson
-from collector.consumer import PermanentError, RetryableError
+from collector.core import otlpjson
+from collector.core.consumer import PermanentError, RetryableError
+from collector.core.pdata import Traces, get_attr
+from collector.core.signals import ITEM_NAMES, Signal
 from collector.exporters import otlp
-from collector.pdata import Traces, get_attr
-from collector.signals import ITEM_NAMES, Signal
-from collector.testing.backend import Backend, self_signed_cert
-from collector.testing.builders import make_traces
 from tests.exporters import BATCHES, FAST_RETRY, NO_QUEUE, Harness
 from tests.exporters import started as start_harness
+from tests.support.backend import Backend, self_signed_cert
+from tests.support.builders import make_traces
 
 
 def harness(config: dict, signal: Signal = Signal.TRACES) -> Harness:
@@ -51,14 +50,6 @@ def test_config():
     assert not otlp.Config.model_validate(
         {"endpoint": "gateway:4317", "tls": {"insecure": True}}
     ).secure
-    with pytest.raises(ValidationError, match="endpoint\n  Field required"):
-        otlp.Config.model_validate({})
-    with pytest.raises(ValidationError, match="expected host:port"):
-        otlp.Config.model_validate({"endpoint": "gateway"})
-    with pytest.raises(ValidationError, match="cert_file and key_file must be set together"):
-        otlp.Config.model_validate({"endpoint": "gateway:4317", "tls": {"cert_file": "c.pem"}})
-    with pytest.raises(ValidationError, match="compression"):
-        otlp.Config.model_validate({"endpoint": "gateway:4317", "compression": "zstd"})
     assert otlp.factory.aliases == ("otlp_grpc",)
 
 
@@ -272,7 +263,7 @@ async def test_the_sdk_otlp_grpc_exporter_talks_to_the_backend(backend):
 async def test_backend_process_writes_what_it_accepts(tmp_path):
     out = tmp_path / "received.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector.testing.backend", "--out", str(out), "--fail-next", "1"],
+        [sys.executable, "-m", "tests.support.backend", "--out", str(out), "--fail-next", "1"],
         stdout=subprocess.PIPE,
         text=True,
     )

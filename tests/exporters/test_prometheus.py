@@ -1,18 +1,16 @@
 import aiohttp
 import pytest
-import yaml
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import ValidationError
 
-from collector.component import Kind
+from collector.core.component import Kind
+from collector.core.pdata import Metrics, set_attr
+from collector.core.signals import Signal
+from collector.core.telemetry import Telemetry
 from collector.exporters import prometheus
-from collector.pdata import Metrics, set_attr
-from collector.signals import Signal
-from collector.telemetry import Telemetry
-from collector.testing.builders import make_metrics
-from collector.testing.components import StaticHost, make_settings
-from collector.testing.prometheus_server import (
+from tests.support.builders import make_metrics
+from tests.support.components import StaticHost, make_settings
+from tests.support.prometheus_server import (
     PROMETHEUS_MISSING,
     PrometheusServer,
     prometheus_available,
@@ -27,43 +25,6 @@ RESOURCE = {
     "service.instance.id": "i-1",
     "cloud.region": "eu-west-1",
 }
-
-CONFIGS = yaml.safe_load(
-    """
-valid:
-  defaults: {}
-  collector_example:
-    endpoint: "0.0.0.0:8889"
-    namespace: test-space
-    const_labels: {label1: value1, another_label: spaced value}
-    send_timestamps: true
-    metric_expiration: 180m
-    resource_to_telemetry_conversion: {enabled: true}
-    add_metric_suffixes: false
-invalid:
-  - config: {endpoint: "localhost"}
-    error: "expected host:port"
-  - config: {const_labels: {"1bad": x}}
-    error: "invalid label name '1bad'"
-  - config: {metric_expiration: 5 minutes}
-    error: "invalid duration"
-  - config: {max_series: 0}
-    error: "greater than or equal to 1"
-  - config: {enable_open_metrics: true}
-    error: "Extra inputs are not permitted"
-"""
-)
-
-
-@pytest.mark.parametrize("name", CONFIGS["valid"])
-def test_valid_configs(name):
-    prometheus.Config.model_validate(CONFIGS["valid"][name])
-
-
-@pytest.mark.parametrize("case", CONFIGS["invalid"], ids=lambda c: c["error"])
-def test_invalid_configs(case):
-    with pytest.raises(ValidationError, match=case["error"]):
-        prometheus.Config.model_validate(case["config"])
 
 
 def test_defaults():
@@ -277,6 +238,7 @@ async def test_shutdown_without_start():
     await make_exporter().shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not prometheus_available(), reason=PROMETHEUS_MISSING)
 async def test_real_prometheus_scrapes_the_exporter():
     exporter = make_exporter()

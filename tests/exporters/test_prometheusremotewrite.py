@@ -3,21 +3,20 @@ import time
 
 import cramjam
 import pytest
-import yaml
 from aiohttp import web
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
-from pydantic import ValidationError
 
-from collector.component import Kind
-from collector.consumer import PermanentError
+from collector.core.component import Kind
+from collector.core.consumer import PermanentError
+from collector.core.endpoints import bound_port
+from collector.core.pdata import Metrics, set_attr
+from collector.core.signals import Signal
+from collector.core.telemetry import Telemetry
 from collector.exporters import prometheusremotewrite as prw
 from collector.exporters import prompb
-from collector.pdata import Metrics, set_attr
-from collector.signals import Signal
-from collector.telemetry import Telemetry
-from collector.testing.builders import make_metrics
-from collector.testing.components import StaticHost, make_settings
-from collector.testing.prometheus_server import (
+from tests.support.builders import make_metrics
+from tests.support.components import StaticHost, make_settings
+from tests.support.prometheus_server import (
     PROMETHEUS_MISSING,
     PrometheusServer,
     prometheus_available,
@@ -26,48 +25,6 @@ from collector.testing.prometheus_server import (
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 FAST_RETRY = {"initial_interval": "10ms", "max_interval": "20ms", "randomization_factor": 0}
-
-CONFIGS = yaml.safe_load(
-    """
-valid:
-  minimal: {endpoint: "http://localhost:9090/api/v1/write"}
-  collector_example:
-    endpoint: "https://prometheus:9090/api/v1/write"
-    namespace: test-space
-    external_labels: {key1: value1, key2: value2}
-    headers: {Prometheus-Remote-Write-Version: "0.1.0", X-Scope-OrgID: tenant}
-    tls: {ca_file: /var/lib/mycert.pem, insecure_skip_verify: true}
-    timeout: 10s
-    sending_queue: {enabled: true, num_consumers: 5, queue_size: 2000}
-    retry_on_failure: {initial_interval: 50ms, max_interval: 200ms, max_elapsed_time: 1m}
-    resource_to_telemetry_conversion: {enabled: true}
-    target_info: {enabled: false}
-    add_metric_suffixes: false
-    max_batch_size_bytes: 1000000
-invalid:
-  - config: {}
-    error: "endpoint\\n  Field required"
-  - config: {endpoint: "prometheus:9090"}
-    error: "expected http"
-  - config: {endpoint: "http://p:9090", external_labels: {"__name__": x}}
-    error: "invalid label name '__name__'"
-  - config: {endpoint: "http://p:9090", max_batch_size_bytes: 0}
-    error: "greater than or equal to 1"
-  - config: {endpoint: "http://p:9090", remote_write_queue: {}}
-    error: "Extra inputs are not permitted"
-"""
-)
-
-
-@pytest.mark.parametrize("name", CONFIGS["valid"])
-def test_valid_configs(name):
-    prw.Config.model_validate(CONFIGS["valid"][name])
-
-
-@pytest.mark.parametrize("case", CONFIGS["invalid"], ids=lambda c: c["error"])
-def test_invalid_configs(case):
-    with pytest.raises(ValidationError, match=case["error"]):
-        prw.Config.model_validate(case["config"])
 
 
 class Receiver:
@@ -96,7 +53,7 @@ class Receiver:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        port = bound_port(site)
         self.url = f"http://127.0.0.1:{port}/api/v1/write"
 
     async def stop(self) -> None:

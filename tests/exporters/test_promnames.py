@@ -4,9 +4,9 @@ import pytest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, DataPointFlags
 
+from collector.core.pdata import Metrics, set_attr
 from collector.exporters import promnames
 from collector.exporters.promnames import MetricType, Options
-from collector.pdata import Metrics, set_attr
 
 COUNTER, GAUGE, HISTOGRAM = MetricType.COUNTER, MetricType.GAUGE, MetricType.HISTOGRAM
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE

@@ -25,7 +25,7 @@ from instrumentation.invocation import Instrumentation, Settings
 from instrumentation.otlp import encode_export_request
 from instrumentation.spans import STATUS_ERROR, STATUS_OK, STATUS_UNSET, FinishedSpans
 from instrumentation.spans import Span as Record
-from tests.instrumentation.conftest import FUNCTION_ARN, FUNCTIONS, process_env, run_python
+from tests.support.lambda_functions import FUNCTION_ARN, FUNCTIONS, process_env, run_python
 
 ERROR = Status.STATUS_CODE_ERROR
 PARENT_TRACE = 0x0AF7651916CD43DD8448EB211C80319C

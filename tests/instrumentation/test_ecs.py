@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from collector.testing.ecs_metadata import EcsMetadataServer, EcsTask, Failure
-from instrumentation.ecs import detect_ecs_resource
+from emulator.ecs_metadata import EcsMetadataServer, EcsTask, Failure
+from instrumentation.container.ecs import detect_ecs_resource
 
 ARN = "arn:aws:ecs:us-west-2:111122223333"
 TASK_ID = "cd189a933e5849daa93386466019ab50"

@@ -12,7 +12,6 @@ import time
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.testing.backend import self_signed_cert
 from instrumentation.exporter import (
     DEFAULT_ENDPOINT,
     INVOCATION_DONE_HEADER,
@@ -21,7 +20,8 @@ from instrumentation.exporter import (
 )
 from instrumentation.otlp import encode_export_request
 from instrumentation.spans import Span
-from tests.instrumentation.conftest import free_port
+from tests.support.backend import self_signed_cert
+from tests.support.process import free_port
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
 

@@ -13,16 +13,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from instrumentation import handler as handler_module
 from instrumentation.resource import process_start_ns
-from tests.instrumentation.conftest import (
+from tests.support.lambda_functions import (
     FUNCTION_ARN,
     FUNCTION_NAME,
     FUNCTIONS,
     Receiver,
-    free_port,
     fresh_import,
     load_event,
     make_context,
 )
+from tests.support.process import free_port
 
 SERVER, CONSUMER, INTERNAL = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER, Span.SPAN_KIND_INTERNAL
 ERROR = Status.STATUS_CODE_ERROR

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from collector.pdata import any_value_to_python
+from collector.core.pdata import any_value_to_python
 from instrumentation.otlp import any_value, encode_export_request
 from instrumentation.spans import (
     KIND_CONSUMER,
@@ -19,7 +19,7 @@ from instrumentation.spans import (
     Span,
     SpanContext,
 )
-from tests.instrumentation.conftest import attributes
+from tests.support.lambda_functions import attributes
 
 VALUES = [
     "",

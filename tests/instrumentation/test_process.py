@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.instrumentation.conftest import (
+from tests.support.lambda_functions import (
     FUNCTION_ARN,
     FUNCTIONS,
     ROOT,
@@ -20,7 +20,15 @@ from tests.instrumentation.conftest import (
 )
 
 WRAPPER = ROOT / "instrumentation" / "bin" / "coldtail-instrument"
-HEAVY_MODULES = ("opentelemetry", "google.protobuf", "http.client", "urllib.request", "ssl")
+# `typing` too: the runtime has not imported it, and it costs milliseconds of cold start.
+HEAVY_MODULES = (
+    "opentelemetry",
+    "google.protobuf",
+    "http.client",
+    "urllib.request",
+    "ssl",
+    "typing",
+)
 
 CHECK_IMPORTS = f"""
 import json, sys

@@ -16,7 +16,7 @@ from instrumentation import triggers
 from instrumentation.otlp import encode_export_request
 from instrumentation.resource import lambda_resource
 from instrumentation.spans import KIND_CONSUMER, KIND_SERVER, Span
-from tests.instrumentation.conftest import FUNCTIONS, fresh_import, load_event, make_context
+from tests.support.lambda_functions import FUNCTIONS, fresh_import, load_event, make_context
 
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:my-function"
 XRAY_TRACE = bytes.fromhex("5759e988bd862e3fe1be46a994272793")

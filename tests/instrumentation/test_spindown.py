@@ -14,14 +14,8 @@ import time
 
 import pytest
 
-from tests.instrumentation.conftest import (
-    FUNCTION_ARN,
-    FUNCTIONS,
-    ROOT,
-    Receiver,
-    free_port,
-    process_env,
-)
+from tests.support.lambda_functions import FUNCTION_ARN, FUNCTIONS, ROOT, Receiver, process_env
+from tests.support.process import free_port
 
 SERVE = f"""
 import signal, sys, time

@@ -14,7 +14,7 @@ from instrumentation import propagation, triggers
 from instrumentation.imports import ImportRecorder
 from instrumentation.resource import lambda_resource, parse_key_values
 from instrumentation.spans import STATUS_ERROR, STATUS_OK, Span, SpanContext
-from tests.instrumentation.conftest import FUNCTIONS, fresh_import, load_event, make_context
+from tests.support.lambda_functions import FUNCTIONS, fresh_import, load_event, make_context
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 XRAY = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collector.component import Factory, Kind
-from collector.signals import Signal
-from collector.testing.components import make_settings
-from collector.testing.sinks import SinkConsumer
+from collector.core.component import Factory, Kind
+from collector.core.signals import Signal
+from tests.support.components import make_settings
+from tests.support.sinks import SinkConsumer
 
 
 def make_processor(factory: Factory, config: dict, signal: Signal = Signal.TRACES, **kwargs):

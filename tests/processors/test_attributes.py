@@ -3,12 +3,12 @@ import hashlib
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.pdata import get_attr, iter_items, iter_spans, metric_points, set_attr
-from collector.processors.attraction import AttributeActions
+from collector.core.pdata import get_attr, iter_items, iter_spans, metric_points, set_attr
+from collector.core.signals import Signal
 from collector.processors.attributes import Config, factory
-from collector.signals import Signal
-from collector.testing.builders import make_logs, make_metrics, make_traces
+from collector.processors.internal.attraction import AttributeActions
 from tests.processors import make_processor, processor_metric
+from tests.support.builders import make_logs, make_metrics, make_traces
 
 
 def run(actions: list[dict], attrs: dict) -> dict:

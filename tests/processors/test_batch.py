@@ -3,13 +3,20 @@ import logging
 
 import pytest
 
-from collector.consumer import RetryableError
-from collector.pdata import count_items, get_attr, iter_items, metric_points, resources, signal_of
+from collector.core.consumer import RetryableError
+from collector.core.pdata import (
+    count_items,
+    get_attr,
+    iter_items,
+    metric_points,
+    resources,
+    signal_of,
+)
+from collector.core.signals import Signal
 from collector.processors.batch import Config, factory, split_batch
-from collector.signals import Signal
-from collector.testing.builders import make_logs, make_metrics, make_traces
-from collector.testing.sinks import ErrorConsumer
 from tests.processors import make_processor, processor_metric
+from tests.support.builders import make_logs, make_metrics, make_traces
+from tests.support.sinks import ErrorConsumer
 
 
 def test_defaults_are_the_collectors():

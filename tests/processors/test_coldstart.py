@@ -6,21 +6,20 @@ from datetime import UTC, datetime
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.component import Kind
-from collector.pdata import Traces, any_value_to_python, set_attr
+from collector.awslambda.init_reports import InitReports
+from collector.core.component import Kind, Shared
+from collector.core.pdata import Traces, any_value_to_python, set_attr
+from collector.core.signals import Signal
+from collector.core.telemetry import Telemetry
 from collector.processors.coldstart import (
     ColdStartProcessor,
     Config,
-    InitReports,
     factory,
-    init_reports,
 )
-from collector.signals import Signal
-from collector.telemetry import Telemetry
-from collector.testing.builders import make_traces
-from collector.testing.components import make_settings
-from collector.testing.sinks import SinkConsumer
 from tests.processors import make_processor
+from tests.support.builders import make_traces
+from tests.support.components import make_settings
+from tests.support.sinks import SinkConsumer
 
 TAGS = (
     "coldtail.cold_start",
@@ -216,7 +215,7 @@ def test_span_judged_upstream_is_left_as_is():
 
 def test_init_report_tags_the_first_entry_span_of_its_environment():
     processor = new()
-    reports = init_reports(processor.settings.telemetry)
+    reports = processor.settings.shared.get(InitReports)
     reports.record("env-a", 412.5, "on-demand")
     reports.record("env-b", 377.0)
     expected = cold(
@@ -232,7 +231,7 @@ def test_init_report_tags_the_first_entry_span_of_its_environment():
 
 def test_report_trusted_over_late_start_rule_and_below_instrumentation():
     processor = new()
-    reports = init_reports(processor.settings.telemetry)
+    reports = processor.settings.shared.get(InitReports)
     reports.record("env-a", 100.0)
     # Created long before the collector started, yet the report says this init just happened.
     old = lambda_resource("env-a", **{"process.creation.time": "2001-01-01T00:00:00Z"})
@@ -250,7 +249,7 @@ def test_report_trusted_over_late_start_rule_and_below_instrumentation():
 
 def test_report_init_values_replace_those_of_a_span_judged_by_instrumentation():
     processor = new()
-    init_reports(processor.settings.telemetry).record("env-a", 812.5, "on-demand")
+    processor.settings.shared.get(InitReports).record("env-a", 812.5, "on-demand")
     # What the function's instrumentation sends: its own judgement and its view of init.
     instrumented = {
         "faas.coldstart": True,
@@ -267,7 +266,7 @@ def test_report_init_values_replace_those_of_a_span_judged_by_instrumentation():
 
 def test_report_after_the_first_span_is_discarded():
     processor = new()
-    reports = init_reports(processor.settings.telemetry)
+    reports = processor.settings.shared.get(InitReports)
     assert judge(processor, lambda_resource("env-a")) == [cold("inferred")]
     reports.record("env-a", 300.0)
     assert judge(processor, lambda_resource("env-a")) == [warm()]
@@ -279,7 +278,7 @@ def test_a_report_joins_the_first_invocation_after_it_when_the_span_names_no_env
     """A SnapStart runtime is not told its log stream, so its spans carry no faas.instance: the
     report goes to the invocation the Telemetry API started next."""
     processor = new()
-    reports = init_reports(processor.settings.telemetry)
+    reports = processor.settings.shared.get(InitReports)
     reports.record("", 31.5, "snap-start")
     reports.first_invocation("req-1")
     reports.first_invocation("req-2")  # only the first after a report takes it
@@ -302,9 +301,9 @@ def test_a_report_joins_the_first_invocation_after_it_when_the_span_names_no_env
 
 
 def test_init_reports_are_per_service_bounded_and_thread_safe():
-    telemetry = Telemetry()
-    assert init_reports(telemetry) is init_reports(telemetry)
-    assert init_reports(telemetry) is not init_reports(Telemetry())
+    shared = Shared()
+    assert shared.get(InitReports) is shared.get(InitReports)
+    assert shared.get(InitReports) is not Shared().get(InitReports)
 
     reports = InitReports(max_pending=100)
     threads = [
@@ -360,7 +359,7 @@ def test_init_ahead_of_requests_from_span_is_not_cold(init_type):
 
 def test_provisioned_concurrency_from_report_is_not_cold():
     processor = new()
-    init_reports(processor.settings.telemetry).record("env-a", 900.0, "provisioned-concurrency")
+    processor.settings.shared.get(InitReports).record("env-a", 900.0, "provisioned-concurrency")
     extra = {"coldtail.init_type": "provisioned-concurrency", "coldtail.init_duration_ms": 900.0}
     assert judge(processor, lambda_resource("env-a")) == [warm("telemetry_api", **extra)]
     assert cold_starts(processor, "telemetry_api") == 0
@@ -495,7 +494,7 @@ def test_ecs_on_ec2_host_id_alone_is_no_environment():
 def test_mixed_fleet_stream_matches_known_truth():
     rng = random.Random(7)
     processor = new({"container": {"first_requests": 3}})
-    reports = init_reports(processor.settings.telemetry)
+    reports = processor.settings.shared.get(InitReports)
     lambdas = [f"lambda-{i}" for i in range(40)]
     provisioned = set(lambdas[:8])
     reported = set(lambdas[8:16])
@@ -670,6 +669,7 @@ def test_zero_ttl_keeps_environments():
     assert evictions(processor, "ttl") == 0
 
 
+@pytest.mark.slow
 def test_state_stays_bounded_over_a_million_environments():
     cap, per_batch, total = 20_000, 2_000, 1_000_000
     processor = new({"max_environments": cap})

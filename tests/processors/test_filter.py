@@ -1,11 +1,11 @@
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.pdata import count_items, get_attr, iter_items, iter_spans, resources
+from collector.core.pdata import count_items, get_attr, iter_items, iter_spans, resources
+from collector.core.signals import Signal
 from collector.processors.filter import factory
-from collector.signals import Signal
-from collector.testing.builders import make_logs, make_metrics, make_traces
 from tests.processors import make_processor, processor_metric
+from tests.support.builders import make_logs, make_metrics, make_traces
 
 
 def traces():

@@ -3,11 +3,11 @@ import logging
 import psutil
 import pytest
 
-from collector.consumer import RetryableError
+from collector.core.consumer import RetryableError
+from collector.core.signals import Signal
 from collector.processors.memory_limiter import MIB, Config, factory, total_memory
-from collector.signals import Signal
-from collector.testing.builders import make_logs, make_traces
 from tests.processors import make_processor, processor_metric
+from tests.support.builders import make_logs, make_traces
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
 import pytest
 
-from collector.pdata import get_attr, resources
+from collector.core.pdata import get_attr, resources
+from collector.core.signals import Signal
 from collector.processors.resource import factory
-from collector.signals import Signal
-from collector.testing.builders import make_logs, make_metrics, make_traces
 from tests.processors import make_processor, processor_metric
+from tests.support.builders import make_logs, make_metrics, make_traces
 
 BUILDERS = {Signal.TRACES: make_traces, Signal.METRICS: make_metrics, Signal.LOGS: make_logs}
 

@@ -5,16 +5,16 @@ from bisect import insort
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.component import Kind
-from collector.pdata import get_attr, iter_spans
-from collector.processors.sketch import Sketch, WindowedSketch
+from collector.core.component import Kind
+from collector.core.pdata import get_attr, iter_spans
+from collector.core.signals import Signal
+from collector.core.telemetry import Telemetry
+from collector.processors.internal.sketch import Sketch, WindowedSketch
 from collector.processors.tail_latency import Config, factory
-from collector.signals import Signal
-from collector.telemetry import Telemetry
-from collector.testing.builders import make_traces
-from collector.testing.components import make_settings
-from collector.testing.sinks import SinkConsumer
 from tests.processors import make_processor
+from tests.support.builders import make_traces
+from tests.support.components import make_settings
+from tests.support.sinks import SinkConsumer
 
 # The sketch guarantees relative error 1%; the margin absorbs float rounding only.
 ACCURACY = 0.01 + 1e-9

@@ -7,18 +7,18 @@ import pytest
 import yaml
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from collector.component import Kind
-from collector.consumer import RetryableError
-from collector.pdata import Traces, get_attr, iter_spans
+from collector.core.component import Kind
+from collector.core.consumer import RetryableError
+from collector.core.pdata import Traces, get_attr, iter_spans
+from collector.core.signals import Signal
+from collector.core.telemetry import Telemetry
 from collector.processors.tail_sampling import factory
 from collector.processors.tail_sampling.config import Config
 from collector.processors.tail_sampling.policies.probabilistic import fnv1a_64
-from collector.signals import Signal
-from collector.telemetry import Telemetry
-from collector.testing.builders import make_traces
-from collector.testing.components import make_settings
-from collector.testing.sinks import ErrorConsumer, SinkConsumer
 from tests.processors import make_processor, processor_metric
+from tests.support.builders import make_traces
+from tests.support.components import make_settings
+from tests.support.sinks import ErrorConsumer, SinkConsumer
 
 SIDECAR = Path(__file__).parents[2] / "config" / "sidecar.yaml"
 BASE_NS = 1_700_000_000 * 10**9

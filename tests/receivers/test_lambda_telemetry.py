@@ -15,17 +15,17 @@ from opentelemetry.proto.logs.v1.logs_pb2 import SeverityNumber
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from collector.component import Kind
-from collector.consumer import RetryableError
-from collector.pdata import any_value_to_python, get_attr
+from collector.awslambda.init_reports import InitReport, InitReports
+from collector.core.component import Kind, Shared
+from collector.core.consumer import RetryableError
+from collector.core.pdata import any_value_to_python, get_attr
+from collector.core.signals import Signal
+from collector.core.telemetry import Telemetry
 from collector.processors import coldstart
-from collector.processors.coldstart import InitReport, init_reports
 from collector.receivers.lambda_telemetry import Config, LambdaTelemetryReceiver, factory
-from collector.signals import Signal
-from collector.telemetry import Telemetry
-from collector.testing.builders import make_traces
-from collector.testing.components import StaticHost, make_settings
-from collector.testing.sinks import ErrorConsumer, SinkConsumer
+from tests.support.builders import make_traces
+from tests.support.components import StaticHost, make_settings
+from tests.support.sinks import ErrorConsumer, SinkConsumer
 
 TESTDATA = Path(__file__).parent / "testdata"
 ENVIRONMENT = "2022/10/12/[$LATEST]0a1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -78,12 +78,14 @@ async def serve():
     started: list[LambdaTelemetryReceiver] = []
 
     async def _serve(
-        next: dict, telemetry: Telemetry | None = None, **config
+        next: dict, telemetry: Telemetry | None = None, shared: Shared | None = None, **config
     ) -> LambdaTelemetryReceiver:
         config = Config.model_validate(
             {"endpoint": "127.0.0.1:0", "faas_instance": ENVIRONMENT, **config}
         )
-        settings = make_settings(Kind.RECEIVER, "lambda_telemetry", telemetry=telemetry)
+        settings = make_settings(
+            Kind.RECEIVER, "lambda_telemetry", telemetry=telemetry, shared=shared
+        )
         receiver = factory.create(settings, config, next)
         started.append(receiver)
         await receiver.start(StaticHost())
@@ -133,16 +135,16 @@ def accepted(receiver, signal: Signal, outcome: str = "accepted") -> float:
 
 
 async def test_init_report_makes_the_first_entry_span_cold_in_the_coldstart_processor(serve, http):
-    telemetry = Telemetry()
-    receiver = await serve(sinks(), telemetry)
+    shared = Shared()
+    receiver = await serve(sinks(), shared=shared)
     processor = coldstart.factory.create(
-        make_settings(Kind.PROCESSOR, "coldstart", pipeline="traces", telemetry=telemetry),
+        make_settings(Kind.PROCESSOR, "coldstart", pipeline="traces", shared=shared),
         coldstart.Config(),
         Signal.TRACES,
         SinkConsumer(),
     )
     assert await post(http, receiver, events("cold_invocation")) == (200, "")
-    assert len(init_reports(telemetry)) == 1
+    assert len(shared.get(InitReports)) == 1
 
     batch = processor.process(make_traces(2, resource=RESOURCE))
     first, second = batch.resource_spans[0].scope_spans[0].spans
@@ -155,12 +157,12 @@ async def test_init_report_makes_the_first_entry_span_cold_in_the_coldstart_proc
         "coldtail.init_duration_ms": 812.5,
     }
     assert get_attr(second.attributes, "coldtail.cold_start") is False
-    assert len(init_reports(telemetry)) == 0
+    assert len(shared.get(InitReports)) == 0
 
 
 async def test_unnamed_environment_report_goes_to_the_next_new_environment(serve, http):
     receiver = await serve(sinks(), faas_instance="")
-    reports = init_reports(receiver.settings.telemetry)
+    reports = receiver.settings.shared.get(InitReports)
     await post(http, receiver, events("cold_invocation"))
     assert reports.take("2026/11/29/[$LATEST]any") == InitReport(812.5, "on-demand")
     assert reports.take("2026/11/29/[$LATEST]other") is None
@@ -173,13 +175,13 @@ async def test_log_stream_name_from_the_environment(serve, http, monkeypatch):
     monkeypatch.setenv("AWS_LAMBDA_LOG_STREAM_NAME", "from-env")
     receiver = await serve(sinks(), faas_instance="")
     await post(http, receiver, events("cold_invocation"))
-    assert init_reports(receiver.settings.telemetry).take("from-env").init_duration_ms == 812.5
+    assert receiver.settings.shared.get(InitReports).take("from-env").init_duration_ms == 812.5
 
 
 async def test_snapstart_restore_is_an_init_of_type_snap_start(serve, http):
     receiver = await serve(sinks())
     await post(http, receiver, events("snapstart"))
-    report = init_reports(receiver.settings.telemetry).take(ENVIRONMENT)
+    report = receiver.settings.shared.get(InitReports).take(ENVIRONMENT)
     assert report == InitReport(245.19, "snap-start")
     metrics = metric_values(receiver.next[Signal.METRICS].batches[-1])
     assert metrics["faas.coldstarts"] == 0
@@ -194,7 +196,7 @@ async def test_provisioned_concurrency_init_is_no_cold_start(serve, http):
     # The init type falls back to platform.initStart's when the report lacks it.
     del batch[2]["record"]["initializationType"]
     await post(http, receiver, json.dumps(batch).encode())
-    report = init_reports(receiver.settings.telemetry).take(ENVIRONMENT)
+    report = receiver.settings.shared.get(InitReports).take(ENVIRONMENT)
     assert report == InitReport(812.5, "provisioned-concurrency")
     assert metric_values(receiver.next[Signal.METRICS].batches[-1])["faas.coldstarts"] == 0
 
@@ -476,7 +478,7 @@ async def test_events_of_unknown_shape_are_skipped(serve, http):
     assert await post(http, receiver, body) == (200, "")
     assert receiver.next[Signal.TRACES].batches == []
     assert receiver.next[Signal.METRICS].batches == []
-    assert len(init_reports(receiver.settings.telemetry)) == 0
+    assert len(receiver.settings.shared.get(InitReports)) == 0
     assert receiver.next[Signal.LOGS].item_count == 4
 
 

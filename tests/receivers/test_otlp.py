@@ -42,14 +42,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from collector import otlpjson
-from collector.consumer import PermanentError, RetryableError
-from collector.pdata import Traces, get_attr, iter_spans
+from collector.core import otlpjson
+from collector.core.consumer import PermanentError, RetryableError
+from collector.core.pdata import Traces, get_attr, iter_spans
+from collector.core.signals import Signal
 from collector.receivers.otlp import Config, OtlpReceiver, factory
-from collector.signals import Signal
-from collector.testing.builders import make_logs, make_metrics, make_traces
-from collector.testing.components import StaticHost, make_settings
-from collector.testing.sinks import ErrorConsumer, SinkConsumer
+from tests.support.builders import make_logs, make_metrics, make_traces
+from tests.support.components import StaticHost, make_settings
+from tests.support.sinks import ErrorConsumer, SinkConsumer
 
 TESTDATA = Path(__file__).parent / "testdata"
 LOCAL = {"endpoint": "127.0.0.1:0"}

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from collector.config_types import ComponentConfig, Duration
+from collector.core.config_types import ComponentConfig, Duration
 from collector.processors.tail_sampling.policies.and_ import AndPolicy, BasicPolicy
 
 Policy = Annotated[BasicPolicy | AndPolicy, Field(discriminator="type")]

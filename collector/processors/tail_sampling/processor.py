@@ -13,20 +13,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from collector.component import Factory, Kind, Settings, Stability
-from collector.consumer import Consumer
-from collector.pdata import Traces, count_items, count_spans
-from collector.processors.base import Processor
+from collector.core.component import Factory, Kind, Settings, Stability
+from collector.core.consumer import Consumer
+from collector.core.pdata import Traces, count_items, count_spans
+from collector.core.signals import Signal
+from collector.processors.internal.base import Processor
 from collector.processors.tail_sampling.config import Config
 from collector.processors.tail_sampling.policies.base import Decision, Evaluator
 from collector.processors.tail_sampling.trace import Fragment, Trace
-from collector.signals import Signal
 
 # Decisions come at most a tenth of decision_wait late, without waking more than 100 times a
 # second or less than once a second.
@@ -35,7 +34,7 @@ _TICK_MAX_S = 1.0
 
 
 class _Metrics:
-    """The processor's own metrics, created once per registry and labelled per instance."""
+    """The processor's own metrics, made once per service and labelled per instance."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         instance = ["processor", "pipeline"]
@@ -76,17 +75,6 @@ class _Metrics:
             [*instance, "sampled"],
             registry=registry,
         )
-
-
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-
-
-def _metrics_for(registry: CollectorRegistry) -> _Metrics:
-    # Every processor instance of a service shares the registry; a metric can be created once.
-    metrics = _METRICS.get(registry)
-    if metrics is None:
-        metrics = _METRICS[registry] = _Metrics(registry)
-    return metrics
 
 
 def _label(sampled: bool) -> str:
@@ -178,7 +166,7 @@ class TailSamplingProcessor(Processor):
         self._stopping = False
         self._task: asyncio.Task | None = None
 
-        metrics = _metrics_for(settings.telemetry.registry)
+        metrics = settings.telemetry.metric_set(_Metrics)
         labels = {"processor": str(settings.id), "pipeline": settings.pipeline}
         self._policies = [
             _Policy(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from collector.pdata import find_attr
+from collector.core.pdata import find_attr
 
 
 @dataclass(frozen=True)

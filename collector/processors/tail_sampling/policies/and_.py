@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from collector.config_types import ComponentConfig
+from collector.core.config_types import ComponentConfig
 from collector.processors.tail_sampling.policies.always_sample import AlwaysSamplePolicy
 from collector.processors.tail_sampling.policies.attributes import (
     BooleanAttributePolicy,

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from collector.config_types import ComponentConfig
+from collector.core.config_types import ComponentConfig
 from collector.processors.tail_sampling.policies.base import (
     Decision,
     Evaluator,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from pydantic import Field
 
-from collector.config_types import ComponentConfig
+from collector.core.config_types import ComponentConfig
 from collector.processors.tail_sampling.trace import Trace
 
 

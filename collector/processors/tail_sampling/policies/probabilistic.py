@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from collector.config_types import ComponentConfig
+from collector.core.config_types import ComponentConfig
 from collector.processors.tail_sampling.policies.base import (
     Decision,
     Evaluator,

@@ -7,7 +7,7 @@ from typing import Literal
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from pydantic import Field
 
-from collector.config_types import ComponentConfig
+from collector.core.config_types import ComponentConfig
 from collector.processors.tail_sampling.policies.base import (
     Decision,
     Evaluator,

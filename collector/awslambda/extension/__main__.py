@@ -1,0 +1,5 @@
+import sys
+
+from collector.awslambda.extension.extension import main
+
+sys.exit(main())

@@ -1,0 +1,267 @@
+"""The data that flows: OTLP protobuf export requests, and the helpers every component uses.
+
+A batch is the OTLP export request of its signal (ExportTraceServiceRequest and friends):
+receivers parse it once, processors change it in place, exporters serialize it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from collector.core.signals import Signal
+
+Traces = ExportTraceServiceRequest
+Metrics = ExportMetricsServiceRequest
+Logs = ExportLogsServiceRequest
+
+Batch = Traces | Metrics | Logs
+ExportResponse = (
+    ExportTraceServiceResponse | ExportMetricsServiceResponse | ExportLogsServiceResponse
+)
+
+REQUEST_TYPES: dict[Signal, type[Batch]] = {
+    Signal.TRACES: Traces,
+    Signal.METRICS: Metrics,
+    Signal.LOGS: Logs,
+}
+RESPONSE_TYPES: dict[Signal, type[ExportResponse]] = {
+    Signal.TRACES: ExportTraceServiceResponse,
+    Signal.METRICS: ExportMetricsServiceResponse,
+    Signal.LOGS: ExportLogsServiceResponse,
+}
+# The count field of each export response's partial_success.
+REJECTED_FIELDS = {
+    Signal.TRACES: "rejected_spans",
+    Signal.METRICS: "rejected_data_points",
+    Signal.LOGS: "rejected_log_records",
+}
+
+
+def signal_of(batch) -> Signal:
+    if isinstance(batch, Traces):
+        return Signal.TRACES
+    if isinstance(batch, Metrics):
+        return Signal.METRICS
+    if isinstance(batch, Logs):
+        return Signal.LOGS
+    raise TypeError(f"not an OTLP batch: {type(batch).__name__}")
+
+
+def new_batch(signal: Signal):
+    return REQUEST_TYPES[signal]()
+
+
+def copy_batch(batch):
+    clone = type(batch)()
+    clone.CopyFrom(batch)
+    return clone
+
+
+def resources(batch) -> Any:
+    """The repeated resource_* field of a batch (ResourceSpans / ResourceMetrics / ResourceLogs)."""
+    if isinstance(batch, Traces):
+        return batch.resource_spans
+    if isinstance(batch, Metrics):
+        return batch.resource_metrics
+    return batch.resource_logs
+
+
+def count_spans(batch: Traces) -> int:
+    return sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+
+
+def count_log_records(batch: Logs) -> int:
+    return sum(len(sl.log_records) for rl in batch.resource_logs for sl in rl.scope_logs)
+
+
+def metric_points(metric: Metric) -> Any:
+    """The repeated data_points of a metric, whatever its type (empty when unset)."""
+    kind = metric.WhichOneof("data")
+    if kind is None:
+        return ()
+    return getattr(metric, kind).data_points
+
+
+def count_metric_points(batch: Metrics) -> int:
+    return sum(
+        len(metric_points(m))
+        for rm in batch.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    )
+
+
+_COUNTERS: dict[Signal, Callable[[Any], int]] = {
+    Signal.TRACES: count_spans,
+    Signal.METRICS: count_metric_points,
+    Signal.LOGS: count_log_records,
+}
+
+
+def count_items(batch) -> int:
+    """Spans, metric data points or log records in a batch."""
+    return _COUNTERS[signal_of(batch)](batch)
+
+
+# Field names below the resource level of each signal's batch: (scopes, items).
+LEVELS = {
+    Signal.TRACES: ("scope_spans", "spans"),
+    Signal.METRICS: ("scope_metrics", "metrics"),
+    Signal.LOGS: ("scope_logs", "log_records"),
+}
+
+
+def build_batch(signal: Signal, resource: dict[str, Any], scope_name: str, items) -> Any:
+    """A batch of `signal` holding `items` (spans, metrics or log records) under one resource
+    (attribute map) and one scope."""
+    batch = new_batch(signal)
+    res = resources(batch).add()
+    for key, value in resource.items():
+        set_attr(res.resource.attributes, key, value)
+    scopes_field, items_field = LEVELS[signal]
+    scope = getattr(res, scopes_field).add()
+    scope.scope.name = scope_name
+    getattr(scope, items_field).extend(items)
+    return batch
+
+
+def iter_items(batch) -> Iterator[tuple[Any, Any, Any]]:
+    """(resource, scope, item) for every span, metric or log record of a batch."""
+    scopes_field, items_field = LEVELS[signal_of(batch)]
+    for res in resources(batch):
+        for scope in getattr(res, scopes_field):
+            for item in getattr(scope, items_field):
+                yield res.resource, scope.scope, item
+
+
+def iter_spans(batch: Traces) -> Iterator[tuple[Any, Any, Span]]:
+    """(resource_spans, scope_spans, span) for every span."""
+    for rs in batch.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                yield rs, ss, span
+
+
+# --- attributes ---------------------------------------------------------------------------
+
+
+def any_value_to_python(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value_to_python(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value_to_python(kv.value) for kv in value.kvlist_value.values}
+    return getattr(value, kind)
+
+
+def python_to_any_value(obj: Any, out: AnyValue | None = None) -> AnyValue:
+    out = out if out is not None else AnyValue()
+    if isinstance(obj, bool):
+        out.bool_value = obj
+    elif isinstance(obj, int):
+        out.int_value = obj
+    elif isinstance(obj, float):
+        out.double_value = obj
+    elif isinstance(obj, str):
+        out.string_value = obj
+    elif isinstance(obj, bytes):
+        out.bytes_value = obj
+    elif isinstance(obj, list | tuple):
+        arr = out.array_value
+        del arr.values[:]
+        for item in obj:
+            python_to_any_value(item, arr.values.add())
+    elif isinstance(obj, dict):
+        kvl = out.kvlist_value
+        del kvl.values[:]
+        for k, v in obj.items():
+            kv = kvl.values.add()
+            kv.key = str(k)
+            python_to_any_value(v, kv.value)
+    elif isinstance(obj, AnyValue):
+        out.CopyFrom(obj)
+    elif obj is None:
+        out.Clear()
+    else:
+        out.string_value = str(obj)
+    return out
+
+
+def find_attr(attrs, key: str) -> KeyValue | None:
+    """The KeyValue for `key` in a repeated attributes field, or None."""
+    for kv in attrs:
+        if kv.key == key:
+            return kv
+    return None
+
+
+def get_attr(attrs, key: str, default: Any = None) -> Any:
+    """The Python value of attribute `key`, or `default` when absent."""
+    kv = find_attr(attrs, key)
+    return default if kv is None else any_value_to_python(kv.value)
+
+
+def set_attr(attrs, key: str, value: Any) -> None:
+    """Insert or overwrite attribute `key` (upsert)."""
+    kv = find_attr(attrs, key)
+    if kv is None:
+        kv = attrs.add()
+        kv.key = key
+    python_to_any_value(value, kv.value)
+
+
+def delete_attr(attrs, key: str) -> bool:
+    for i, kv in enumerate(attrs):
+        if kv.key == key:
+            del attrs[i]
+            return True
+    return False
+
+
+# --- spans ----------------------------------------------------------------------------------
+
+
+def is_entry_span(span: Span) -> bool:
+    """A span where a request enters this process: SERVER or CONSUMER kind, or no local parent."""
+    return span.kind in (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER) or not span.parent_span_id
+
+
+def duration_ns(span: Span) -> int:
+    return max(0, span.end_time_unix_nano - span.start_time_unix_nano)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def iso_time_ns(text: object) -> int | None:
+    """Nanoseconds since the epoch of an ISO 8601 time (UTC when it names no zone), in whole
+    microseconds without a float's rounding; None when `text` is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000

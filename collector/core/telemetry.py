@@ -1,0 +1,225 @@
+"""The collector's own telemetry: Prometheus metrics with the OTel Collector's names, and logs.
+
+Metric names follow the Collector (`otelcol_receiver_accepted_spans`, ...); counters carry the
+Prometheus `_total` suffix on the wire, as the Collector's Prometheus endpoint does. Each
+Telemetry owns its registry, so several services can run in one process (tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psutil
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import disable_created_metrics as _disable_created_metrics
+
+from collector.core.endpoints import bound_port, split_endpoint
+from collector.core.signals import ITEM_NAMES, Signal
+
+_disable_created_metrics()
+
+log = logging.getLogger("coldtail")
+
+
+T = TypeVar("T")
+
+
+def _per_signal(registry, kind: type, name: str, doc: str, labels: list[str]) -> dict:
+    return {
+        s: kind(
+            name.format(items=ITEM_NAMES[s]),
+            doc.format(items=ITEM_NAMES[s].replace("_", " ")),
+            labels,
+            registry=registry,
+        )
+        for s in Signal
+    }
+
+
+class Telemetry:
+    """Counters and gauges shared by all components of one service."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self._metric_sets: dict[Callable[[CollectorRegistry], Any], Any] = {}
+        recv, exp = ["receiver", "transport"], ["exporter"]
+        self.receiver_accepted = _per_signal(
+            r,
+            Counter,
+            "otelcol_receiver_accepted_{items}",
+            "Number of {items} successfully pushed into the pipeline.",
+            recv,
+        )
+        self.receiver_refused = _per_signal(
+            r,
+            Counter,
+            "otelcol_receiver_refused_{items}",
+            "Number of {items} that could not be pushed into the pipeline.",
+            recv,
+        )
+        self.exporter_sent = _per_signal(
+            r,
+            Counter,
+            "otelcol_exporter_sent_{items}",
+            "Number of {items} successfully sent to destination.",
+            exp,
+        )
+        self.exporter_send_failed = _per_signal(
+            r,
+            Counter,
+            "otelcol_exporter_send_failed_{items}",
+            "Number of {items} in failed attempts to send to destination.",
+            exp,
+        )
+        self.exporter_enqueue_failed = _per_signal(
+            r,
+            Counter,
+            "otelcol_exporter_enqueue_failed_{items}",
+            "Number of {items} failed to be added to the sending queue.",
+            exp,
+        )
+        self.exporter_queue_size = Gauge(
+            "otelcol_exporter_queue_size",
+            "Current size of the retry queue (in batches).",
+            ["exporter", "data_type"],
+            registry=r,
+        )
+        self.exporter_queue_capacity = Gauge(
+            "otelcol_exporter_queue_capacity",
+            "Fixed capacity of the retry queue (in batches).",
+            ["exporter", "data_type"],
+            registry=r,
+        )
+        proc = ["processor", "pipeline", "otel_signal"]
+        self.processor_incoming = Counter(
+            "otelcol_processor_incoming_items",
+            "Number of items passed to the processor.",
+            proc,
+            registry=r,
+        )
+        self.processor_outgoing = Counter(
+            "otelcol_processor_outgoing_items",
+            "Number of items emitted from the processor.",
+            proc,
+            registry=r,
+        )
+        self._process = psutil.Process(os.getpid())
+        self._started = time.time()
+        Gauge(
+            "otelcol_process_memory_rss",
+            "Total physical memory (resident set size) [By].",
+            registry=r,
+        ).set_function(lambda: self._process.memory_info().rss)
+        Gauge("otelcol_process_uptime", "Uptime of the process [s].", registry=r).set_function(
+            lambda: time.time() - self._started
+        )
+        Gauge(
+            "otelcol_process_cpu_seconds", "Total CPU user and system time [s].", registry=r
+        ).set_function(lambda: sum(self._process.cpu_times()[:2]))
+
+    def metric_set(self, create: Callable[[CollectorRegistry], T]) -> T:
+        """`create(registry)`, made once per Telemetry: the metrics of a component type, shared
+        by its instances (one per pipeline or signal) and told apart by their labels, since a
+        registry holds a metric name once."""
+        if create not in self._metric_sets:
+            self._metric_sets[create] = create(self.registry)
+        return self._metric_sets[create]
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Serves the Prometheus text exposition of a Telemetry at /metrics."""
+
+    def __init__(self, telemetry: Telemetry, address: str) -> None:
+        self.telemetry = telemetry
+        self.address = address
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.telemetry.exposition(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = split_endpoint(self.address)
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = bound_port(site)
+        log.info("own metrics served", extra={"kv": {"endpoint": f"{host}:{self.port}/metrics"}})
+
+    async def shutdown(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+# --- logs -----------------------------------------------------------------------------------
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"{ts}.{int(record.msecs):03d}Z\t{record.levelname.lower()}\t{record.getMessage()}"
+        kv = getattr(record, "kv", None)
+        if kv:
+            line += "\t" + json.dumps(kv, default=str, separators=(", ", ": "))
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+            "logger": record.name,
+        }
+        entry.update(getattr(record, "kv", None) or {})
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "info", encoding: str = "console") -> None:
+    """Structured logs to stderr: `console` (tab-separated text) or `json`. Extra fields go in
+    `extra={"kv": {...}}`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if encoding == "json" else _TextFormatter())
+    root = logging.getLogger("coldtail")
+    root.handlers[:] = [handler]
+    root.setLevel("WARNING" if level == "warn" else level.upper())
+    root.propagate = False
+
+
+def component_logger(kind: str, id: object, pipeline: str = "") -> logging.LoggerAdapter:
+    """A logger that tags every line with the component (and pipeline)."""
+    fields = {"kind": kind, "name": str(id)}
+    if pipeline:
+        fields["pipeline"] = pipeline
+
+    class _Adapter(logging.LoggerAdapter):
+        def process(self, msg, kwargs):
+            extra = kwargs.setdefault("extra", {})
+            extra["kv"] = {**fields, **extra.get("kv", {})}
+            return msg, kwargs
+
+    return _Adapter(logging.getLogger(f"coldtail.{kind}.{id}"), {})

@@ -1,5 +1,0 @@
-import sys
-
-from collector.lambda_extension.extension import main
-
-sys.exit(main())

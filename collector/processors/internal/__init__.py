@@ -1,0 +1,1 @@
+"""Helpers shared by the processors; not components themselves."""

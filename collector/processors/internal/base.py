@@ -1,0 +1,50 @@
+"""The shape shared by processors: count items in and out, transform, hand to the next consumer."""
+
+from __future__ import annotations
+
+from collector.core.component import Settings
+from collector.core.consumer import Consumer
+from collector.core.pdata import count_items
+from collector.core.signals import Signal
+
+
+class Processor:
+    """Base processor. Subclasses override `process` (a synchronous, in-place transform returning
+    the batch to forward, or None to drop it on purpose), or `consume` for processors that hold or
+    refuse data, using `forward` to emit."""
+
+    mutates_data = True
+
+    def __init__(self, settings: Settings, config, signal: Signal, next: Consumer) -> None:
+        self.settings = settings
+        self.config = config
+        self.signal = signal
+        self.next = next
+        self.log = settings.logger
+        labels = dict(
+            processor=str(settings.id), pipeline=settings.pipeline, otel_signal=signal.value
+        )
+        self._incoming = settings.telemetry.processor_incoming.labels(**labels)
+        self._outgoing = settings.telemetry.processor_outgoing.labels(**labels)
+
+    async def start(self, host) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+    def process(self, batch):
+        return batch
+
+    async def consume(self, batch) -> None:
+        self._incoming.inc(count_items(batch))
+        out = self.process(batch)
+        if out is not None:
+            await self.forward(out)
+
+    async def forward(self, batch) -> None:
+        n = count_items(batch)
+        if n == 0:
+            return
+        self._outgoing.inc(n)
+        await self.next.consume(batch)

@@ -1,0 +1,38 @@
+"""The registry of every built-in component type, by kind, type names (type first, then aliases)
+and the module defining its factory; modules are imported on first use."""
+
+from __future__ import annotations
+
+import functools
+
+from collector.core.component import Kind, Registry
+
+_COMPONENTS = [
+    (Kind.RECEIVER, ("otlp",), "collector.receivers.otlp"),
+    (Kind.RECEIVER, ("lambda_telemetry",), "collector.receivers.lambda_telemetry"),
+    (Kind.PROCESSOR, ("batch",), "collector.processors.batch"),
+    (Kind.PROCESSOR, ("memory_limiter",), "collector.processors.memory_limiter"),
+    (Kind.PROCESSOR, ("attributes",), "collector.processors.attributes"),
+    (Kind.PROCESSOR, ("resource",), "collector.processors.resource"),
+    (Kind.PROCESSOR, ("filter",), "collector.processors.filter"),
+    (Kind.PROCESSOR, ("coldstart",), "collector.processors.coldstart"),
+    (Kind.PROCESSOR, ("tail_latency",), "collector.processors.tail_latency"),
+    (Kind.PROCESSOR, ("tail_sampling",), "collector.processors.tail_sampling"),
+    (Kind.CONNECTOR, ("forward",), "collector.connectors.forward"),
+    (Kind.CONNECTOR, ("span_metrics", "spanmetrics"), "collector.connectors.span_metrics"),
+    (Kind.EXPORTER, ("debug",), "collector.exporters.debug"),
+    (Kind.EXPORTER, ("file",), "collector.exporters.file"),
+    (Kind.EXPORTER, ("otlp", "otlp_grpc"), "collector.exporters.otlp"),
+    (Kind.EXPORTER, ("otlphttp", "otlp_http"), "collector.exporters.otlphttp"),
+    (Kind.EXPORTER, ("prometheus",), "collector.exporters.prometheus"),
+    (Kind.EXPORTER, ("prometheusremotewrite",), "collector.exporters.prometheusremotewrite"),
+    (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),
+]
+
+
+@functools.cache
+def registry() -> Registry:
+    reg = Registry()
+    for kind, names, module in _COMPONENTS:
+        reg.register_lazy(kind, names, module)
+    return reg

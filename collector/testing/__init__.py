@@ -1,1 +1,0 @@
-"""Test doubles shipped with coldtail: sinks, nop components, batch builders."""
