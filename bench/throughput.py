@@ -1,29 +1,49 @@
-"""Spans per CPU-second of a `coldtail run` process: OTLP/gRPC in, OTLP/gRPC out.
+"""Spans per CPU-second of a collector process, coldtail beside Rotel (the Rust collector).
 
-The load generator and the receiving sink run in this process (one event loop); the collector
-is a subprocess, and its CPU time (user + system, from /proc) is what the figure divides by,
-so the other processes sharing the machine do not distort it much.
+Load: OTLP export requests of 100 spans (a Lambda function's resource, 8 attributes per span,
+one SERVER entry span in ten, 5% of spans with an event), pre-encoded, 4 in flight, over
+OTLP/gRPC or OTLP/HTTP protobuf. Both collectors export OTLP/gRPC to the same parse-only sink.
+The load generator runs in this process, the sink (bench/sink.py) and the collector each in
+their own; the collector's CPU time (user + system, from /proc) is what the figure divides by.
+
+Runs alternate (Rotel, then each coldtail pipeline, again, ...) so that both see the same
+machine; the table shows medians. Per run: spans/s (wall), the collector's CPU seconds, spans
+per CPU-second, its peak RSS (VmHWM), and the p99 of the request round trip at half of the
+saturating rate: both collectors answer once the data is queued, so that is the time a collector
+holds its client.
+
+    python -m bench.throughput [--spans N] [--rounds N] [--protocols grpc,http]
+
+Results also go to bench/results/throughput-<time>.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import random
 import statistics
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 import psutil
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.core.pdata import Traces, count_spans, set_attr
+from bench import rotel
+from bench.sink import SinkProcess
+from collector.core.pdata import Traces, set_attr
 from tests.support.process import CollectorProcess, free_port
 
+RESULTS = Path(__file__).resolve().parent / "results"
 SPANS_PER_REQUEST = 100
-CONCURRENCY = 8
+IN_FLIGHT = 4
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+ROTEL = "rotel (pass-through)"
 
 PIPELINES = {
     "otlp -> batch -> otlp": ["batch"],
@@ -37,7 +57,10 @@ PIPELINES = {
 
 CONFIG = """
 receivers:
-  otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:{port}"}}}}}}
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{grpc}"}}
+      http: {{endpoint: "127.0.0.1:{http}"}}
 processors:
 {processor_configs}
 exporters:
@@ -48,7 +71,6 @@ service:
     traces: {{receivers: [otlp], processors: [{processors}], exporters: [otlp]}}
 """
 
-
 PROCESSOR_CONFIGS = {
     "batch": "{timeout: 200ms}",
     "memory_limiter": "{check_interval: 1s, limit_mib: 2000}",
@@ -56,9 +78,11 @@ PROCESSOR_CONFIGS = {
     "tail_latency": "",
 }
 
+ROUTES = ["/orders/{id}", "/orders", "/health", "/carts/{id}"]
+
 
 def lambda_request(rng: random.Random, environments: int = 20) -> bytes:
-    """One export request: spans of a Lambda function from a few execution environments."""
+    """One export request: a trace's worth of spans from one of a few execution environments."""
     batch = Traces()
     env = rng.randrange(environments)
     rs = batch.resource_spans.add()
@@ -66,132 +90,248 @@ def lambda_request(rng: random.Random, environments: int = 20) -> bytes:
         "service.name": "orders",
         "cloud.provider": "aws",
         "cloud.platform": "aws_lambda",
+        "cloud.region": "eu-west-1",
         "faas.name": "orders",
+        "faas.version": "$LATEST",
         "faas.instance": f"2026/11/29/[$LATEST]{env:032x}",
     }.items():
         set_attr(rs.resource.attributes, key, value)
     ss = rs.scope_spans.add()
     ss.scope.name = "coldtail.bench"
     now = time.time_ns()
-    routes = ["/orders/{id}", "/orders", "/health", "/carts/{id}"]
-    for _ in range(SPANS_PER_REQUEST):
+    for i in range(SPANS_PER_REQUEST):
         span = ss.spans.add()
         span.trace_id = rng.randbytes(16)
         span.span_id = rng.randbytes(8)
-        span.kind = Span.SPAN_KIND_SERVER
-        route = rng.choice(routes)
-        span.name = f"GET {route}"
+        route = rng.choice(ROUTES)
         duration = int(rng.lognormvariate(3, 0.6) * 1e6)
         span.start_time_unix_nano = now - duration
         span.end_time_unix_nano = now
-        set_attr(span.attributes, "http.route", route)
-        set_attr(span.attributes, "http.request.method", "GET")
-        set_attr(span.attributes, "http.response.status_code", 200)
+        if i % 10 == 0:
+            span.kind = Span.SPAN_KIND_SERVER
+            span.name = f"GET {route}"
+        else:
+            span.kind = Span.SPAN_KIND_CLIENT
+            span.name = "SELECT orders"
+            span.parent_span_id = rng.randbytes(8)
+        for key, value in {
+            "http.route": route,
+            "http.request.method": "GET",
+            "http.response.status_code": 200,
+            "url.scheme": "https",
+            "server.address": "api.example.com",
+            "network.protocol.version": "1.1",
+            "user_agent.original": "bench/1.0",
+            "db.system": "postgresql",
+        }.items():
+            set_attr(span.attributes, key, value)
+        if rng.random() < 0.05:
+            event = span.events.add()
+            event.name = "exception"
+            event.time_unix_nano = now
+            set_attr(event.attributes, "exception.type", "TimeoutError")
     return batch.SerializeToString()
 
 
-class Sink:
-    """An OTLP/gRPC trace endpoint that only counts spans."""
+class Client:
+    """Sends pre-encoded requests over OTLP/gRPC or OTLP/HTTP protobuf; returns the round trip
+    of each, in seconds."""
 
-    def __init__(self) -> None:
-        self.spans = 0
-        self.changed = asyncio.Event()
+    def __init__(self, protocol: str, grpc_port: int, http_port: int) -> None:
+        self.protocol = protocol
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
+        self.url = f"http://127.0.0.1:{http_port}/v1/traces"
 
-    async def _export(self, data: bytes, context) -> bytes:
-        self.spans += count_spans(Traces.FromString(data))
-        self.changed.set()
-        return b""
+    async def __aenter__(self) -> Client:
+        if self.protocol == "grpc":
+            self._channel = grpc.aio.insecure_channel(self.grpc_target)
+            self._export = self._channel.unary_unary(EXPORT)
+        else:
+            self._session = aiohttp.ClientSession()
+        return self
 
-    async def start(self) -> int:
-        self.server = grpc.aio.server()
-        handler = grpc.unary_unary_rpc_method_handler(self._export)
-        self.server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}
-                ),
-            )
-        )
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        return port
+    async def __aexit__(self, *exc) -> None:
+        if self.protocol == "grpc":
+            await self._channel.close()
+        else:
+            await self._session.close()
 
-    async def wait_for(self, spans: int, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while self.spans < spans:
-                self.changed.clear()
-                await self.changed.wait()
+    async def send(self, data: bytes) -> float:
+        started = time.perf_counter()
+        if self.protocol == "grpc":
+            await self._export(data, timeout=30)
+        else:
+            headers = {"Content-Type": "application/x-protobuf"}
+            async with self._session.post(self.url, data=data, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}")
+        return time.perf_counter() - started
 
-
-async def _load(port: int, requests: list[bytes]) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        export = channel.unary_unary(EXPORT)
+    async def saturate(self, requests: list[bytes]) -> None:
         queue = list(requests)
 
         async def worker() -> None:
             while queue:
-                await export(queue.pop(), timeout=30)
+                await self.send(queue.pop())
 
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+
+    async def paced(self, requests: list[bytes], rate: float) -> list[float]:
+        """Start one request every 1/rate seconds, whatever the answers take."""
+        start = time.perf_counter()
+        tasks = []
+        for i, data in enumerate(requests):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(self.send(data)))
+        return list(await asyncio.gather(*tasks))
 
 
-async def measure(processors: list[str], spans: int, workdir: Path) -> tuple[float, float]:
-    """(spans per CPU-second of the collector, spans per wall-second) for one run."""
-    sink = Sink()
-    sink_port = await sink.start()
-    port = free_port()
-    config = workdir / "bench.yaml"
-    config.write_text(
-        CONFIG.format(
-            port=port,
-            sink=sink_port,
-            processors=", ".join(processors),
-            processor_configs="\n".join(f"  {p}: {PROCESSOR_CONFIGS[p]}" for p in processors),
+@dataclass
+class Run:
+    target: str
+    protocol: str
+    spans: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_mib: float
+    p99_half_load_ms: float
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.spans / self.cpu_s
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure(target: str, protocol: str, requests: list[bytes], workdir: Path) -> Run:
+    sink = SinkProcess()
+    sink_port = sink.port
+    grpc_port, http_port = free_port(), free_port()
+    if target == ROTEL:
+        process = rotel.RotelProcess(rotel.fetch(), grpc_port, http_port, sink_port)
+    else:
+        processors = PIPELINES[target]
+        config = workdir / "bench.yaml"
+        config.write_text(
+            CONFIG.format(
+                grpc=grpc_port,
+                http=http_port,
+                sink=sink_port,
+                processors=", ".join(processors),
+                processor_configs="\n".join(f"  {p}: {PROCESSOR_CONFIGS[p]}" for p in processors),
+            )
         )
-    )
-    rng = random.Random(7)
-    requests = [lambda_request(rng) for _ in range(spans // SPANS_PER_REQUEST)]
-    collector = CollectorProcess(config)
+        process = CollectorProcess(config)
     try:
-        await asyncio.to_thread(collector.start)
-        proc = psutil.Process(collector.proc.pid)
-        # Warm up (imports, first connections) outside the measurement.
-        await _load(port, requests[:20])
-        await sink.wait_for(20 * SPANS_PER_REQUEST, 60)
-        sink.spans = 0
-        cpu0, wall0 = sum(proc.cpu_times()[:2]), time.perf_counter()
-        await _load(port, requests)
-        await sink.wait_for(len(requests) * SPANS_PER_REQUEST, 120)
-        cpu = sum(proc.cpu_times()[:2]) - cpu0
-        wall = time.perf_counter() - wall0
+        await asyncio.to_thread(process.start)
+        assert process.proc is not None
+        proc = psutil.Process(process.proc.pid)
+        async with Client(protocol, grpc_port, http_port) as client:
+            # Warm up (imports, first connections) outside the measurement.
+            await client.saturate(requests[:20])
+            await sink.wait_for(20 * SPANS_PER_REQUEST, 60)
+            before = await sink.spans()
+            cpu0, wall0 = sum(proc.cpu_times()[:2]), time.perf_counter()
+            await client.saturate(requests)
+            await sink.wait_for(before + len(requests) * SPANS_PER_REQUEST, 180)
+            cpu = sum(proc.cpu_times()[:2]) - cpu0
+            wall = time.perf_counter() - wall0
+            spans = await sink.spans() - before
+            # Half of the saturating rate, for a few seconds at most.
+            rate = spans / wall / SPANS_PER_REQUEST / 2
+            paced = requests[: max(50, min(len(requests), int(rate * 3)))]
+            latencies = sorted(await client.paced(paced, rate))
+            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        rss = _peak_rss_mib(process.proc.pid)
     finally:
-        if collector.proc and collector.proc.poll() is None:
-            await asyncio.to_thread(collector.stop)
-        await sink.server.stop(0)
-    return sink.spans / cpu, sink.spans / wall
+        await asyncio.to_thread(process.stop)
+        await sink.stop()
+    return Run(target, protocol, spans, wall, cpu, rss, p99 * 1000)
 
 
-def available(processors: list[str]) -> bool:
-    from collector.core.component import Kind
-    from collector.registry import registry
-
-    return all(registry().get(Kind.PROCESSOR, p) for p in processors)
+def _median(runs: list[Run], field: str) -> float:
+    return statistics.median(getattr(r, field) for r in runs)
 
 
-def main(spans: int = 100_000, runs: int = 3) -> None:
+def report(runs: list[Run]) -> list[dict]:
+    rows = []
+    for protocol in dict.fromkeys(r.protocol for r in runs):
+        peer = [r for r in runs if r.protocol == protocol and r.target == ROTEL]
+        peer_rate = statistics.median(r.per_cpu_second for r in peer) if peer else None
+        for target in dict.fromkeys(r.target for r in runs):
+            mine = [r for r in runs if r.protocol == protocol and r.target == target]
+            rate = statistics.median(r.per_cpu_second for r in mine)
+            rows.append(
+                {
+                    "protocol": protocol,
+                    "target": target,
+                    "runs": len(mine),
+                    "spans_per_s": _median(mine, "spans") / _median(mine, "wall_s"),
+                    "cpu_s": _median(mine, "cpu_s"),
+                    "spans_per_cpu_s": rate,
+                    "ratio_to_rotel": rate / peer_rate if peer_rate else None,
+                    "peak_rss_mib": max(r.peak_rss_mib for r in mine),
+                    "p99_half_load_ms": _median(mine, "p99_half_load_ms"),
+                }
+            )
     print(
-        f"throughput: {spans} spans per run, {SPANS_PER_REQUEST} spans per request, "
-        f"{CONCURRENCY} concurrent requests, median of {runs} runs"
+        f"\n{'protocol':8} {'target':70} {'spans/s':>9} {'CPU-s':>6} {'spans/CPU-s':>11} "
+        f"{'ratio':>5} {'RSS MiB':>7} {'p99 ms':>6}"
     )
+    for row in rows:
+        ratio = f"{row['ratio_to_rotel']:.2f}" if row["ratio_to_rotel"] else "-"
+        print(
+            f"{row['protocol']:8} {row['target']:70} {row['spans_per_s']:9,.0f} "
+            f"{row['cpu_s']:6.2f} {row['spans_per_cpu_s']:11,.0f} {ratio:>5} "
+            f"{row['peak_rss_mib']:7.0f} {row['p99_half_load_ms']:6.1f}"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput")
+    parser.add_argument("--spans", type=int, default=200_000, help="spans per run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations (median over them)")
+    parser.add_argument("--protocols", default="grpc,http")
+    args = parser.parse_args(argv)
+
+    targets = list(PIPELINES)
+    try:
+        rotel.fetch()
+        targets.insert(0, ROTEL)
+    except (RuntimeError, OSError) as e:
+        print(f"throughput: Rotel left out: {e}")
+    rng = random.Random(7)
+    requests = [lambda_request(rng) for _ in range(args.spans // SPANS_PER_REQUEST)]
+    print(
+        f"throughput: {args.spans:,} spans per run, {SPANS_PER_REQUEST} spans per request, "
+        f"{IN_FLIGHT} in flight, {args.rounds} alternations of {', '.join(targets)}"
+    )
+    runs: list[Run] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, processors in PIPELINES.items():
-            if not available(processors):
-                print(f"  {name}: skipped (component not available)")
-                continue
-            results = [asyncio.run(measure(processors, spans, Path(tmp))) for _ in range(runs)]
-            per_cpu = statistics.median(r[0] for r in results)
-            per_wall = statistics.median(r[1] for r in results)
-            print(f"  {name}: {per_cpu:,.0f} spans/CPU-s (collector), {per_wall:,.0f} spans/s wall")
+        for protocol in args.protocols.split(","):
+            for _ in range(args.rounds):
+                for target in targets:
+                    run = asyncio.run(measure(target, protocol, requests, Path(tmp)))
+                    print(
+                        f"  {protocol} {target}: {run.per_cpu_second:,.0f} spans/CPU-s, "
+                        f"{run.spans / run.wall_s:,.0f} spans/s",
+                        flush=True,
+                    )
+                    runs.append(run)
+    rows = report(runs)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"throughput-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps({"rows": rows, "runs": [asdict(r) for r in runs]}, indent=2))
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collector.core.consumer import Consumer, PermanentError, RetryableError
-from collector.core.pdata import copy_batch
+from collector.core.pdata import accepts_encoded, copy_batch
 
 
 class FanOut:
@@ -17,6 +17,10 @@ class FanOut:
         self._plan = [(c, bool(readers) or i < len(writers) - 1) for i, c in enumerate(writers)]
         self._plan += [(c, False) for c in readers]
         self.mutates_data = False
+
+    @property
+    def accepts_encoded(self) -> bool:
+        return all(accepts_encoded(consumer) for consumer, _ in self._plan)
 
     async def consume(self, batch) -> None:
         errors: list[Exception] = []

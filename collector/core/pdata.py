@@ -7,6 +7,7 @@ receivers parse it once, processors change it in place, exporters serialize it o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,12 @@ RESPONSE_TYPES: dict[Signal, type[ExportResponse]] = {
     Signal.METRICS: ExportMetricsServiceResponse,
     Signal.LOGS: ExportLogsServiceResponse,
 }
+# The OTLP/gRPC service of each signal; each has one method, Export.
+GRPC_SERVICES = {
+    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
+    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
+}
 # The count field of each export response's partial_success.
 REJECTED_FIELDS = {
     Signal.TRACES: "rejected_spans",
@@ -55,7 +62,45 @@ REJECTED_FIELDS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A batch in its protobuf wire form: `data` is `signal`'s export request holding `items`
+    items. It skips decoding and re-encoding where nothing reads or changes the data (the
+    receiver's bytes through the batch processor to an OTLP exporter); being immutable, it is
+    shared rather than copied. Only consumers whose `accepts_encoded` is true are handed one.
+    Concatenated requests are one request: protobuf merges repeated fields on concatenation."""
+
+    signal: Signal
+    data: bytes
+    items: int
+
+    @classmethod
+    def of(cls, batch) -> Encoded:
+        return (
+            batch
+            if isinstance(batch, Encoded)
+            else cls(signal_of(batch), batch.SerializeToString(), count_items(batch))
+        )
+
+    @classmethod
+    def join(cls, parts: list) -> Encoded:
+        """One request holding every batch of `parts` (messages or Encoded), in order."""
+        encoded = [cls.of(part) for part in parts]
+        data = b"".join(e.data for e in encoded)
+        return cls(encoded[0].signal, data, sum(e.items for e in encoded))
+
+    def decode(self) -> Batch:
+        return REQUEST_TYPES[self.signal].FromString(self.data)
+
+
+def accepts_encoded(consumer) -> bool:
+    """Whether `consumer` may be handed an Encoded batch."""
+    return bool(getattr(consumer, "accepts_encoded", False))
+
+
 def signal_of(batch) -> Signal:
+    if isinstance(batch, Encoded):
+        return batch.signal
     if isinstance(batch, Traces):
         return Signal.TRACES
     if isinstance(batch, Metrics):
@@ -70,6 +115,8 @@ def new_batch(signal: Signal):
 
 
 def copy_batch(batch):
+    if isinstance(batch, Encoded):
+        return batch
     clone = type(batch)()
     clone.CopyFrom(batch)
     return clone
@@ -118,6 +165,8 @@ _COUNTERS: dict[Signal, Callable[[Any], int]] = {
 
 def count_items(batch) -> int:
     """Spans, metric data points or log records in a batch."""
+    if isinstance(batch, Encoded):
+        return batch.items
     return _COUNTERS[signal_of(batch)](batch)
 
 

@@ -20,7 +20,7 @@ from collector.core import otlpjson
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig
 from collector.core.consumer import PermanentError, RetryableError
-from collector.core.pdata import RESPONSE_TYPES
+from collector.core.pdata import RESPONSE_TYPES, Encoded
 from collector.core.signals import Signal
 from collector.exporters.http_client import (
     TLSConfig,
@@ -117,6 +117,8 @@ class OTLPHTTPExporter(Exporter[Config]):
         if config.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
         self._session: aiohttp.ClientSession | None = None
+        # Protobuf requests can go out as the bytes a batch processor concatenated (pdata.Encoded).
+        self.accepts_encoded = config.encoding == "proto"
 
     async def connect(self) -> None:
         self._session = client_session(self._url, self.config.tls)
@@ -130,7 +132,7 @@ class OTLPHTTPExporter(Exporter[Config]):
         if self.config.encoding == "json":
             body = otlpjson.dumps(batch).encode()
         else:
-            body = batch.SerializeToString()
+            body = Encoded.of(batch).data
         if self.config.compression == "gzip":
             body = gzip.compress(body, compresslevel=6)
         return body

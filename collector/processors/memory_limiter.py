@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer, RetryableError
-from collector.core.pdata import count_items
+from collector.core.pdata import accepts_encoded, count_items
 from collector.core.signals import Signal
 from collector.processors.internal.base import Processor
 
@@ -128,6 +128,11 @@ class MemoryLimiter(Processor):
         self.usage = 0
         self._state = "normal"
         self._task: asyncio.Task | None = None
+
+    @property
+    def accepts_encoded(self) -> bool:
+        # It only counts items: the data passes on as it came.
+        return accepts_encoded(self.next)
 
     @property
     def refusing(self) -> bool:

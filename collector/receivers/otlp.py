@@ -20,9 +20,6 @@ from aiohttp import web
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from collector.core import otlpjson
@@ -30,7 +27,15 @@ from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, ListenEndpoint
 from collector.core.consumer import Consumer, PermanentError, RetryableError
 from collector.core.endpoints import split_endpoint, with_port
-from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, RESPONSE_TYPES, count_items
+from collector.core.pdata import (
+    GRPC_SERVICES,
+    REJECTED_FIELDS,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    Encoded,
+    accepts_encoded,
+    count_items,
+)
 from collector.core.signals import Signal
 
 if TYPE_CHECKING:
@@ -177,12 +182,6 @@ _CODECS = {codec.content_type: codec for codec in (_PROTOBUF, _JSON)}
 # zlib window bits per Content-Encoding ("deflate" is the zlib format, as in HTTP).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
-_SERVICES = {
-    Signal.TRACES: trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name,
-    Signal.METRICS: metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
-    Signal.LOGS: logs_service_pb2.DESCRIPTOR.services_by_name["LogsService"].full_name,
-}
-
 _HTTP_TO_RPC_CODE = {
     400: code_pb2.INVALID_ARGUMENT,
     413: code_pb2.RESOURCE_EXHAUSTED,
@@ -270,6 +269,7 @@ class OtlpReceiver:
         self.http_endpoint: str | None = None
         self._grpc_server: grpc.aio.Server | None = None
         self._http_runner: web.AppRunner | None = None
+        self._pass_bytes: dict[Signal, bool] = {}
         telemetry, receiver = settings.telemetry, str(settings.id)
         self._counters = {
             (signal, transport): (
@@ -285,6 +285,9 @@ class OtlpReceiver:
         self._cors_origin_allowed = _origin_matcher(cors.allowed_origins)
 
     async def start(self, host: Host) -> None:
+        # Pipelines that take the request's own bytes (see pdata.Encoded) get them, after it
+        # was decoded here to be checked and counted.
+        self._pass_bytes = {signal: accepts_encoded(c) for signal, c in self.next.items()}
         protocols = self.config.protocols
         try:
             if protocols.grpc is not None:
@@ -305,14 +308,17 @@ class OtlpReceiver:
             runner, self._http_runner = self._http_runner, None
             await runner.cleanup()
 
-    async def _export(self, signal: Signal, batch, transport: str):
+    async def _export(self, signal: Signal, batch, transport: str, data: bytes | None = None):
         """Push `batch` down the pipeline and return the export response; pipeline errors
-        propagate, except a partial rejection, which the response reports."""
+        propagate, except a partial rejection, which the response reports. `data`: the
+        batch's protobuf encoding, when the request came as one."""
         response = RESPONSE_TYPES[signal]()
         items = count_items(batch)
         if items == 0:
             return response
         accepted, refused = self._counters[signal, transport]
+        if data is not None and self._pass_bytes.get(signal):
+            batch = Encoded(signal, data, items)
         try:
             await self.next[signal].consume(batch)
         except PermanentError as e:
@@ -353,7 +359,7 @@ class OtlpReceiver:
                 response_serializer=RESPONSE_TYPES[signal].SerializeToString,
             )
             server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(_SERVICES[signal], {"Export": handler}),)
+                (grpc.method_handlers_generic_handler(GRPC_SERVICES[signal], {"Export": handler}),)
             )
         try:
             port = server.add_insecure_port(config.endpoint)
@@ -370,7 +376,7 @@ class OtlpReceiver:
         except DecodeError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
-            return await self._export(signal, batch, "grpc")
+            return await self._export(signal, batch, "grpc", data)
         except RetryableError as e:
             status = _status(code_pb2.UNAVAILABLE, str(e), _retry_after_s(e))
             await context.abort(
@@ -431,7 +437,8 @@ class OtlpReceiver:
         except (DecodeError, ValueError, RecursionError) as e:
             return self._status_response(codec, 400, str(e))
         try:
-            response = await self._export(signal, batch, "http")
+            data = body if codec is _PROTOBUF else None
+            response = await self._export(signal, batch, "http", data)
         except RetryableError as e:
             return self._status_response(codec, 503, str(e), _retry_after_s(e))
         except PermanentError as e:

@@ -44,7 +44,7 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from collector.core import otlpjson
 from collector.core.consumer import PermanentError, RetryableError
-from collector.core.pdata import Traces, get_attr, iter_spans
+from collector.core.pdata import Encoded, Traces, count_items, get_attr, iter_spans
 from collector.core.signals import Signal
 from collector.receivers.otlp import Config, OtlpReceiver, factory
 from tests.support.builders import make_logs, make_metrics, make_traces
@@ -190,6 +190,27 @@ async def test_sdk_spans_arrive_intact(serve, exporter):
     assert (link.trace_id, link.span_id) == (parent.trace_id, parent.span_id)
     assert get_attr(link.attributes, "k") == "v"
     assert (child.status.code, child.status.message) == (Status.STATUS_CODE_ERROR, "timeout")
+
+
+async def test_a_pipeline_that_takes_bytes_gets_each_protobuf_request_as_sent(serve, http):
+    sink = SinkConsumer(accepts_encoded=True)
+    receiver = await serve({Signal.TRACES: sink})
+    sent = [make_traces(2), make_traces(3), make_traces(1)]
+    channel, stub = trace_stub(receiver)
+    async with channel:
+        await stub.Export(sent[0])
+    assert (
+        await post(
+            http, receiver, gzip.compress(sent[1].SerializeToString()), Content_Encoding="gzip"
+        )
+    )[0] == 200
+    assert (await post(http, receiver, otlpjson.dumps(sent[2]).encode(), JSON))[0] == 200
+
+    grpc_batch, http_batch, json_batch = sink.batches
+    assert isinstance(grpc_batch, Encoded) and isinstance(http_batch, Encoded)
+    assert grpc_batch.data == sent[0].SerializeToString() and count_items(grpc_batch) == 2
+    assert http_batch.data == sent[1].SerializeToString() and count_items(http_batch) == 3
+    assert json_batch == sent[2]  # decoded from JSON: there are no protobuf bytes to pass
 
 
 def sdk_metrics():

@@ -35,14 +35,15 @@ from google.rpc import error_details_pb2, status_pb2
 
 from collector.core import otlpjson
 from collector.core.endpoints import bound_port
-from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, RESPONSE_TYPES, count_items
+from collector.core.pdata import (
+    GRPC_SERVICES,
+    REJECTED_FIELDS,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    count_items,
+)
 from collector.core.signals import Signal
 
-_GRPC_SERVICES = {
-    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
-    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
-    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
-}
 _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"
 _MAX_BODY = 32 * 1024 * 1024
@@ -251,7 +252,7 @@ class Backend:
             request_deserializer=REQUEST_TYPES[signal].FromString,
             response_serializer=RESPONSE_TYPES[signal].SerializeToString,
         )
-        return grpc.method_handlers_generic_handler(_GRPC_SERVICES[signal], {"Export": method})
+        return grpc.method_handlers_generic_handler(GRPC_SERVICES[signal], {"Export": method})
 
     async def _http_export(self, request: web.Request) -> web.Response:
         try:

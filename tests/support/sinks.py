@@ -8,10 +8,12 @@ from collector.core.pdata import count_items
 
 
 class SinkConsumer:
-    """Records every batch it receives. Set `mutates_data` to exercise fan-out copying."""
+    """Records every batch it receives. Set `mutates_data` to exercise fan-out copying, and
+    `accepts_encoded` to be handed pdata.Encoded batches where a component can."""
 
-    def __init__(self, mutates_data: bool = False) -> None:
+    def __init__(self, mutates_data: bool = False, accepts_encoded: bool = False) -> None:
         self.mutates_data = mutates_data
+        self.accepts_encoded = accepts_encoded
         self.batches: list = []
         self._changed = asyncio.Event()
 
