@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test-servers lambda-runtimes run test lint fmt bench layer clean
+.PHONY: install test-servers lambda-runtimes run test lint fmt bench soak layer clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ test: lint test-servers lambda-runtimes
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+# The collector's RSS under 5 minutes of saturating load (bench/soak.py).
+soak: install
+	$(BIN)/python -m bench.soak
 
 # dist/coldtail-layer-<runtime>-<arch>.zip: the Lambda layer (instrumentation, exec wrapper,
 # extension) for each runtime and architecture; e.g. `make layer RUNTIMES=python3.13 ARCHS=arm64`.

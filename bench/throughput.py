@@ -211,25 +211,30 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def target_process(
+    target: str, grpc_port: int, http_port: int, sink_port: int, workdir: Path
+) -> rotel.RotelProcess | CollectorProcess:
+    """The collector `target` names (ROTEL or a PIPELINES key), not started yet."""
+    if target == ROTEL:
+        return rotel.RotelProcess(rotel.fetch(), grpc_port, http_port, sink_port)
+    processors = PIPELINES[target]
+    config = workdir / "bench.yaml"
+    config.write_text(
+        CONFIG.format(
+            grpc=grpc_port,
+            http=http_port,
+            sink=sink_port,
+            processors=", ".join(processors),
+            processor_configs="\n".join(f"  {p}: {PROCESSOR_CONFIGS[p]}" for p in processors),
+        )
+    )
+    return CollectorProcess(config)
+
+
 async def measure(target: str, protocol: str, requests: list[bytes], workdir: Path) -> Run:
     sink = SinkProcess()
-    sink_port = sink.port
     grpc_port, http_port = free_port(), free_port()
-    if target == ROTEL:
-        process = rotel.RotelProcess(rotel.fetch(), grpc_port, http_port, sink_port)
-    else:
-        processors = PIPELINES[target]
-        config = workdir / "bench.yaml"
-        config.write_text(
-            CONFIG.format(
-                grpc=grpc_port,
-                http=http_port,
-                sink=sink_port,
-                processors=", ".join(processors),
-                processor_configs="\n".join(f"  {p}: {PROCESSOR_CONFIGS[p]}" for p in processors),
-            )
-        )
-        process = CollectorProcess(config)
+    process = target_process(target, grpc_port, http_port, sink.port, workdir)
     try:
         await asyncio.to_thread(process.start)
         assert process.proc is not None
