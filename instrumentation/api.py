@@ -57,6 +57,7 @@ try:
     # What the API's own tracers use: it also decorates coroutine functions correctly.
     from opentelemetry.util._decorator import _agnosticcontextmanager as _contextmanager
 except ImportError:  # an API older than 1.24
+    # The same call shape; the checker only sees two different return types.
     from contextlib import contextmanager as _contextmanager  # type: ignore[assignment]
 
 log = logging.getLogger("coldtail")
