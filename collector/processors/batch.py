@@ -135,8 +135,9 @@ class BatchProcessor(Processor):
         held, total = self._held, self._held_items
         self._held, self._held_items = [], 0
         if self.accepts_encoded:
-            # Concatenating wire forms instead of merging messages and encoding the result:
-            # bench/throughput.py, otlp -> batch -> otlp over gRPC, 78k -> 110k spans/CPU-s.
+            # Concatenating wire forms instead of merging messages and encoding the result
+            # (with the exporter's threads): otlp -> batch -> otlp over gRPC went from 72.7k to
+            # 100.5k spans per CPU-second in bench/throughput.py.
             return [Encoded.join(held)]
         merged = held[0]
         for batch in held[1:]:
