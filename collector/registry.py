@@ -14,6 +14,11 @@ _COMPONENTS = [
     (Kind.PROCESSOR, ("memory_limiter",), "collector.processors.memory_limiter"),
     (Kind.PROCESSOR, ("attributes",), "collector.processors.attributes"),
     (Kind.PROCESSOR, ("resource",), "collector.processors.resource"),
+    (
+        Kind.PROCESSOR,
+        ("resourcedetection", "resource_detection"),
+        "collector.processors.resourcedetection",
+    ),
     (Kind.PROCESSOR, ("filter",), "collector.processors.filter"),
     (Kind.PROCESSOR, ("coldstart",), "collector.processors.coldstart"),
     (Kind.PROCESSOR, ("tail_latency",), "collector.processors.tail_latency"),

@@ -1,0 +1,148 @@
+"""The resource detectors: what each finds about the place the collector runs, named by the
+OpenTelemetry resource semantic conventions. Each is a coroutine from the environment variables
+(and its config) to attributes; one that finds it is not where it looks (no Lambda variables,
+no ECS metadata endpoint) returns nothing, and one that fails raises DetectionError.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from urllib.parse import unquote
+
+import aiohttp
+
+Attributes = dict[str, object]
+
+
+class DetectionError(Exception):
+    """A detector that applies here could not find its attributes."""
+
+
+async def env(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Attributes:
+    """OTEL_RESOURCE_ATTRIBUTES: `key1=value1,key2=value2`, percent-decoded."""
+    attributes: Attributes = {}
+    for item in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DetectionError(f"OTEL_RESOURCE_ATTRIBUTES: {item.strip()!r} is not key=value")
+        attributes[unquote(key.strip())] = unquote(value.strip())
+    return attributes
+
+
+# platform.machine() names -> the conventions' host.arch values.
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+async def system(
+    environ: Mapping[str, str], enabled: Callable[[str], bool], hostname_sources: list[str]
+) -> Attributes:
+    """host.name (the first of `hostname_sources` that answers: dns = the fully qualified
+    name, os = the kernel's host name) and os.type; host.arch, host.id and os.description when
+    enabled."""
+    attributes: Attributes = {}
+    if enabled("host.name"):
+        for source in hostname_sources:
+            name = socket.getfqdn() if source == "dns" else socket.gethostname()
+            if name and name != "localhost":
+                attributes["host.name"] = name
+                break
+        else:
+            raise DetectionError(f"no host name from {', '.join(hostname_sources)}")
+    if enabled("os.type"):
+        attributes["os.type"] = platform.system().lower()
+    if enabled("os.description"):
+        attributes["os.description"] = platform.platform()
+    if enabled("host.arch"):
+        machine = platform.machine().lower()
+        attributes["host.arch"] = _ARCH.get(machine, machine)
+    if enabled("host.id"):
+        machine_id = Path("/etc/machine-id")
+        if machine_id.is_file():
+            attributes["host.id"] = machine_id.read_text().strip()
+    return {k: v for k, v in attributes.items() if v}
+
+
+async def aws_lambda(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Attributes:
+    """The function's cloud.*, faas.* and aws.log.* attributes from the variables Lambda sets
+    (faas.max_memory in bytes); nothing outside Lambda."""
+    name = environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if not name:
+        return {}
+    memory = environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    group, stream = (
+        environ.get("AWS_LAMBDA_LOG_GROUP_NAME"),
+        environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
+    )
+    attributes: Attributes = {
+        "cloud.provider": "aws",
+        "cloud.platform": "aws_lambda",
+        "cloud.region": environ.get("AWS_REGION"),
+        "faas.name": name,
+        "faas.version": environ.get("AWS_LAMBDA_FUNCTION_VERSION"),
+        "faas.instance": stream,
+        "faas.max_memory": int(memory) * 2**20 if memory.isdigit() else None,
+        "aws.log.group.names": [group] if group else None,
+        "aws.log.stream.names": [stream] if stream else None,
+    }
+    return {k: v for k, v in attributes.items() if v is not None and enabled(k)}
+
+
+async def ecs(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Attributes:
+    """The task's and the collector's own container's attributes from the ECS Task Metadata
+    Endpoint v4 (ECS_CONTAINER_METADATA_URI_V4); nothing outside ECS."""
+    base = environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if not base:
+        return {}
+    # No proxy from the environment: the endpoint is link-local.
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        container = await _document(session, base)
+        task = await _document(session, f"{base}/task")
+    task_arn = str(task.get("TaskARN", ""))
+    # arn:<partition>:ecs:<region>:<account>:task/<cluster>/<id>
+    parts = task_arn.split(":")
+    region, account = (parts[3], parts[4]) if len(parts) > 5 else (None, None)
+    options = container.get("LogOptions") or {}
+    group, stream = options.get("awslogs-group"), options.get("awslogs-stream")
+    launch_type = task.get("LaunchType")
+    attributes: Attributes = {
+        "cloud.provider": "aws",
+        "cloud.platform": "aws_ecs",
+        "cloud.region": region,
+        "cloud.account.id": account,
+        "cloud.availability_zone": task.get("AvailabilityZone"),
+        "aws.ecs.cluster.arn": task.get("Cluster"),
+        "aws.ecs.task.arn": task_arn or None,
+        "aws.ecs.task.id": task_arn.rpartition("/")[2] or None,
+        "aws.ecs.task.family": task.get("Family"),
+        "aws.ecs.task.revision": task.get("Revision"),
+        "aws.ecs.launchtype": launch_type.lower() if isinstance(launch_type, str) else None,
+        "aws.ecs.container.arn": container.get("ContainerARN"),
+        "container.name": container.get("Name"),
+        "container.id": container.get("DockerId"),
+        "aws.log.group.names": [group] if group else None,
+        "aws.log.stream.names": [stream] if stream else None,
+    }
+    return {k: v for k, v in attributes.items() if v is not None and enabled(k)}
+
+
+async def _document(session: aiohttp.ClientSession, url: str) -> dict:
+    try:
+        async with session.get(url) as response:
+            if response.status != 200:
+                raise DetectionError(f"GET {url}: HTTP {response.status}")
+            document = json.loads(await response.read())
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        raise DetectionError(f"GET {url}: {e}") from e
+    if not isinstance(document, dict):
+        raise DetectionError(f"GET {url}: not a JSON object")
+    return document
+
+
+Detector = Callable[..., Awaitable[Attributes]]
+DETECTORS: dict[str, Detector] = {"env": env, "system": system, "lambda": aws_lambda, "ecs": ecs}

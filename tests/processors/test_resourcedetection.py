@@ -1,0 +1,152 @@
+"""resourcedetection: what each detector finds, against the real host and a local ECS Task
+Metadata Endpoint v4, and how the found attributes meet the ones a resource already has."""
+
+import asyncio
+import logging
+import platform
+import socket
+import time
+
+import pytest
+
+from collector.core.pdata import get_attr, resources
+from collector.processors.resourcedetection import factory
+from emulator.ecs_metadata import EcsMetadataServer, EcsTask, Failure
+from tests.processors import make_processor
+from tests.support.builders import make_logs, make_traces
+
+LAMBDA_ENV = {
+    "AWS_LAMBDA_FUNCTION_NAME": "checkout",
+    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+    "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/checkout",
+    "AWS_LAMBDA_LOG_STREAM_NAME": "2026/12/03/[$LATEST]0123456789abcdef",
+    "AWS_REGION": "eu-west-1",
+}
+
+
+async def detected(config: dict, environ: dict, batch=None):
+    """The resource attributes of `batch` (default: a span of service checkout) after a
+    processor with `config` started in `environ`."""
+    processor, sink = make_processor(factory, config, environ=environ)
+    await processor.start(None)
+    await processor.consume(batch if batch is not None else make_traces(1))
+    [out] = sink.batches
+    resource = resources(out)[0].resource
+    return {kv.key: get_attr(resource.attributes, kv.key) for kv in resource.attributes}
+
+
+async def test_env_reads_otel_resource_attributes_percent_decoded():
+    environ = {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod, team=pay%20ments"}
+    attributes = await detected({}, environ)
+    assert attributes["deployment.environment"] == "prod"
+    assert attributes["team"] == "pay ments"
+
+
+async def test_lambda_finds_the_function_from_its_variables():
+    attributes = await detected({"detectors": ["lambda"]}, LAMBDA_ENV, make_logs(1))
+    assert {k: v for k, v in attributes.items() if k != "service.name"} == {
+        "cloud.provider": "aws",
+        "cloud.platform": "aws_lambda",
+        "cloud.region": "eu-west-1",
+        "faas.name": "checkout",
+        "faas.version": "$LATEST",
+        "faas.instance": "2026/12/03/[$LATEST]0123456789abcdef",
+        "faas.max_memory": 512 * 2**20,
+        "aws.log.group.names": ["/aws/lambda/checkout"],
+        "aws.log.stream.names": ["2026/12/03/[$LATEST]0123456789abcdef"],
+    }
+
+
+async def test_outside_lambda_and_ecs_their_detectors_add_nothing():
+    attributes = await detected({"detectors": ["lambda", "ecs"]}, {})
+    assert set(attributes) == {"service.name"}
+
+
+async def test_system_names_this_host_and_takes_toggles():
+    config = {
+        "detectors": ["system"],
+        "system": {
+            "hostname_sources": ["os"],
+            "resource_attributes": {"host.arch": {"enabled": True}, "os.type": {"enabled": False}},
+        },
+    }
+    attributes = await detected(config, {})
+    assert attributes["host.name"] == socket.gethostname()
+    assert attributes["host.arch"] in ("amd64", "arm64", platform.machine().lower())
+    assert "os.type" not in attributes
+
+    defaults = await detected({"detectors": ["system"]}, {})
+    assert defaults["os.type"] == platform.system().lower()
+    assert defaults["host.name"] in (socket.getfqdn(), socket.gethostname())
+    assert "host.arch" not in defaults
+
+
+async def test_ecs_reads_the_task_metadata_endpoint():
+    task = EcsTask(family="checkout", revision="7", container_name="coldtail")
+    async with EcsMetadataServer(task) as server:
+        environ = {"ECS_CONTAINER_METADATA_URI_V4": server.uri}
+        attributes = await detected({"detectors": ["ecs"]}, environ)
+    assert {k: v for k, v in attributes.items() if k != "service.name"} == {
+        "cloud.provider": "aws",
+        "cloud.platform": "aws_ecs",
+        "cloud.region": task.region,
+        "cloud.account.id": task.account,
+        "cloud.availability_zone": task.availability_zone,
+        "aws.ecs.cluster.arn": task.cluster_arn,
+        "aws.ecs.task.arn": task.task_arn,
+        "aws.ecs.task.id": task.task_id,
+        "aws.ecs.task.family": "checkout",
+        "aws.ecs.task.revision": "7",
+        "aws.ecs.launchtype": "fargate",
+        "aws.ecs.container.arn": task.container_arn,
+        "container.name": "coldtail",
+        "container.id": task.container_id,
+        "aws.log.group.names": [task.log_group],
+        "aws.log.stream.names": [task.log_stream],
+    }
+
+
+async def test_the_first_detector_wins_and_override_decides_against_the_sender():
+    environ = {**LAMBDA_ENV, "OTEL_RESOURCE_ATTRIBUTES": "cloud.region=us-east-2"}
+    batch = make_traces(1, resource={"service.name": "checkout", "faas.name": "sent"})
+
+    overriding = await detected({"detectors": ["env", "lambda"]}, environ, batch)
+    assert overriding["cloud.region"] == "us-east-2"  # env came first
+    assert overriding["faas.name"] == "checkout"
+
+    batch = make_traces(1, resource={"service.name": "checkout", "faas.name": "sent"})
+    keeping = await detected({"detectors": ["lambda"], "override": False}, environ, batch)
+    assert keeping["faas.name"] == "sent"
+    assert keeping["cloud.region"] == "eu-west-1"
+
+
+@pytest.mark.parametrize("failure", list(Failure))
+async def test_a_failing_detector_logs_one_line_and_the_others_still_apply(failure, caplog):
+    environ = {"OTEL_RESOURCE_ATTRIBUTES": "team=payments"}
+    async with EcsMetadataServer(EcsTask()) as server:
+        server.fail(failure, path="/task")
+        environ["ECS_CONTAINER_METADATA_URI_V4"] = server.uri
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="coldtail"):
+            attributes = await detected({"detectors": ["env", "ecs"], "timeout": "300ms"}, environ)
+        elapsed = time.monotonic() - started
+    assert attributes["team"] == "payments"
+    assert "cloud.platform" not in attributes
+    [line] = [r.getMessage() for r in caplog.records if "resource detection" in r.getMessage()]
+    assert line.startswith("resource detection: ecs ")
+    assert elapsed < 5  # bounded by the timeout, not by the endpoint
+
+
+async def test_detection_happens_once_at_start():
+    environ = {"OTEL_RESOURCE_ATTRIBUTES": "team=payments"}
+    processor, sink = make_processor(factory, {}, environ=environ)
+    await processor.start(None)
+    environ["OTEL_RESOURCE_ATTRIBUTES"] = "team=changed"
+    for _ in range(2):
+        await processor.consume(make_traces(1))
+        await asyncio.sleep(0)
+    assert [get_attr(b.resource_spans[0].resource.attributes, "team") for b in sink.batches] == [
+        "payments",
+        "payments",
+    ]
