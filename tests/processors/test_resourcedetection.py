@@ -7,6 +7,7 @@ import platform
 import socket
 import time
 
+import aiohttp
 import pytest
 
 from collector.core.pdata import get_attr, resources
@@ -14,6 +15,7 @@ from collector.processors.resourcedetection import factory
 from emulator.ecs_metadata import EcsMetadataServer, EcsTask, Failure
 from tests.processors import make_processor
 from tests.support.builders import make_logs, make_traces
+from tests.support.imds import HOSTNAME, IDENTITY, ImdsServer
 
 LAMBDA_ENV = {
     "AWS_LAMBDA_FUNCTION_NAME": "checkout",
@@ -150,3 +152,55 @@ async def test_detection_happens_once_at_start():
         "payments",
         "payments",
     ]
+
+
+async def test_ec2_reads_the_instance_over_imdsv2():
+    async with ImdsServer() as imds:
+        environ = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint}
+        attributes = await detected({"detectors": ["ec2"]}, environ)
+    assert {k: v for k, v in attributes.items() if k != "service.name"} == {
+        "cloud.provider": "aws",
+        "cloud.platform": "aws_ec2",
+        "cloud.account.id": IDENTITY["accountId"],
+        "cloud.region": IDENTITY["region"],
+        "cloud.availability_zone": IDENTITY["availabilityZone"],
+        "host.id": IDENTITY["instanceId"],
+        "host.image.id": IDENTITY["imageId"],
+        "host.type": IDENTITY["instanceType"],
+        "host.name": HOSTNAME,
+    }
+    # A session token first, then both reads with it: what IMDSv2-only instances allow.
+    assert imds.requests == [
+        ("PUT", "/latest/api/token", 200),
+        ("GET", "/latest/dynamic/instance-identity/document", 200),
+        ("GET", "/latest/meta-data/hostname", 200),
+    ]
+
+
+async def test_the_imds_double_refuses_what_imdsv2_refuses():
+    async with ImdsServer() as imds, aiohttp.ClientSession() as session:
+        document = f"{imds.endpoint}/latest/dynamic/instance-identity/document"
+        token_url = f"{imds.endpoint}/latest/api/token"
+        async with session.get(document) as response:
+            assert response.status == 401
+        async with session.put(token_url) as response:
+            assert response.status == 400
+        ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "21601"}
+        async with session.put(token_url, headers=ttl) as response:
+            assert response.status == 400
+        forwarded = {"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "1.2.3.4"}
+        async with session.put(token_url, headers=forwarded) as response:
+            assert response.status == 403
+        async with session.get(document, headers={"X-aws-ec2-metadata-token": "x"}) as response:
+            assert response.status == 401
+
+
+async def test_off_ec2_or_disabled_the_ec2_detector_adds_nothing_quickly():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    started = time.monotonic()
+    off = await detected({"detectors": ["ec2"]}, {"AWS_EC2_METADATA_SERVICE_ENDPOINT": nobody})
+    disabled = await detected({"detectors": ["ec2"]}, {"AWS_EC2_METADATA_DISABLED": "true"})
+    assert set(off) == set(disabled) == {"service.name"}
+    assert time.monotonic() - started < 5

@@ -131,6 +131,65 @@ async def ecs(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Att
     return {k: v for k, v in attributes.items() if v is not None and enabled(k)}
 
 
+# The AWS SDKs' variables for the instance metadata service.
+_IMDS_DEFAULT = "http://169.254.169.254"
+_TOKEN_TTL_S = "60"  # the token only serves the two reads below
+
+
+async def ec2(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Attributes:
+    """The instance's cloud.*, host.* attributes from the EC2 instance metadata service, over
+    IMDSv2 (a session token first); nothing where no metadata service answers. The endpoint is
+    AWS_EC2_METADATA_SERVICE_ENDPOINT when set; AWS_EC2_METADATA_DISABLED=true turns it off."""
+    if environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+        return {}
+    base = environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", _IMDS_DEFAULT).rstrip("/")
+    # Off EC2 the address does not answer: give up on connecting after a second.
+    timeout = aiohttp.ClientTimeout(sock_connect=1)
+    async with aiohttp.ClientSession(trust_env=False, timeout=timeout) as session:
+        try:
+            async with session.put(
+                f"{base}/latest/api/token",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": _TOKEN_TTL_S},
+            ) as response:
+                token = await response.text()
+                status = response.status
+        except (aiohttp.ClientConnectionError, TimeoutError):
+            return {}
+        if status != 200:
+            raise DetectionError(f"PUT {base}/latest/api/token: HTTP {status}")
+        headers = {"X-aws-ec2-metadata-token": token}
+        url = f"{base}/latest/dynamic/instance-identity/document"
+        try:
+            identity = json.loads(await _read(session, url, headers))
+        except ValueError as e:
+            raise DetectionError(f"GET {url}: not JSON: {e}") from e
+        if not isinstance(identity, dict):
+            raise DetectionError(f"GET {url}: not a JSON object")
+        hostname = await _read(session, f"{base}/latest/meta-data/hostname", headers)
+    attributes: Attributes = {
+        "cloud.provider": "aws",
+        "cloud.platform": "aws_ec2",
+        "cloud.account.id": identity.get("accountId"),
+        "cloud.region": identity.get("region"),
+        "cloud.availability_zone": identity.get("availabilityZone"),
+        "host.id": identity.get("instanceId"),
+        "host.image.id": identity.get("imageId"),
+        "host.type": identity.get("instanceType"),
+        "host.name": hostname.strip() or None,
+    }
+    return {k: v for k, v in attributes.items() if v is not None and enabled(k)}
+
+
+async def _read(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:
+    try:
+        async with session.get(url, headers=headers) as response:
+            if response.status != 200:
+                raise DetectionError(f"GET {url}: HTTP {response.status}")
+            return await response.text()
+    except (aiohttp.ClientError, OSError) as e:
+        raise DetectionError(f"GET {url}: {e}") from e
+
+
 async def _document(session: aiohttp.ClientSession, url: str) -> dict:
     try:
         async with session.get(url) as response:
@@ -145,4 +204,10 @@ async def _document(session: aiohttp.ClientSession, url: str) -> dict:
 
 
 Detector = Callable[..., Awaitable[Attributes]]
-DETECTORS: dict[str, Detector] = {"env": env, "system": system, "lambda": aws_lambda, "ecs": ecs}
+DETECTORS: dict[str, Detector] = {
+    "env": env,
+    "system": system,
+    "lambda": aws_lambda,
+    "ecs": ecs,
+    "ec2": ec2,
+}
