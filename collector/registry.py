@@ -32,6 +32,7 @@ _COMPONENTS = [
     (Kind.EXPORTER, ("prometheus",), "collector.exporters.prometheus"),
     (Kind.EXPORTER, ("prometheusremotewrite",), "collector.exporters.prometheusremotewrite"),
     (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),
+    (Kind.EXTENSION, ("sigv4auth",), "collector.extensions.sigv4auth"),
 ]
 
 

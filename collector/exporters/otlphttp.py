@@ -23,7 +23,10 @@ from collector.core.consumer import PermanentError, RetryableError
 from collector.core.pdata import RESPONSE_TYPES, Encoded
 from collector.core.signals import Signal
 from collector.exporters.http_client import (
+    AuthConfig,
+    Authenticator,
     TLSConfig,
+    authenticator,
     client_session,
     parse_retry_after,
     read_body,
@@ -58,6 +61,8 @@ class ClientConfig(ComponentConfig):
     """Request body compression: gzip (default) or none."""
     encoding: Literal["proto", "json"] = "proto"
     """Request body encoding: proto (binary protobuf, default) or json (OTLP/JSON)."""
+    auth: AuthConfig | None = None
+    """Requests authorized by an extension, as `{authenticator: sigv4auth}` (default none)."""
 
     @field_validator("endpoint", "traces_endpoint", "metrics_endpoint", "logs_endpoint")
     @classmethod
@@ -117,8 +122,13 @@ class OTLPHTTPExporter(Exporter[Config]):
         if config.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
         self._session: aiohttp.ClientSession | None = None
+        self._auth: Authenticator | None = None
         # Protobuf requests can go out as the bytes a batch processor concatenated (pdata.Encoded).
         self.accepts_encoded = config.encoding == "proto"
+
+    async def start(self, host) -> None:
+        self._auth = authenticator(host, self.config.auth)
+        await super().start(host)
 
     async def connect(self) -> None:
         self._session = client_session(self._url, self.config.tls)
@@ -139,11 +149,14 @@ class OTLPHTTPExporter(Exporter[Config]):
 
     async def push(self, batch) -> None:
         assert self._session is not None, "push before connect"
+        body, headers = self._encode(batch), self._headers
+        if self._auth is not None:
+            headers = {**headers, **await self._auth.authorize("POST", self._url, headers, body)}
         try:
             async with self._session.post(
                 self._url,
-                data=self._encode(batch),
-                headers=self._headers,
+                data=body,
+                headers=headers,
                 server_hostname=self.config.tls.server_name_override or None,
             ) as response:
                 body = await read_body(response)

@@ -26,7 +26,10 @@ from collector.core.consumer import PermanentError, RetryableError
 from collector.core.signals import Signal
 from collector.exporters import promnames, prompb
 from collector.exporters.http_client import (
+    AuthConfig,
+    Authenticator,
     TLSConfig,
+    authenticator,
     client_session,
     parse_retry_after,
     read_body,
@@ -58,6 +61,8 @@ class ClientConfig(ComponentConfig):
     headers: dict[str, str] = Field(default_factory=dict)
     """Sent with every request (default empty = none); cannot replace the remote-write
     protocol headers."""
+    auth: AuthConfig | None = None
+    """Requests authorized by an extension, as `{authenticator: sigv4auth}` (default none)."""
     namespace: str = ""
     """Prefix of every metric name, joined with `_` (default empty = no prefix)."""
     external_labels: dict[str, str] = Field(default_factory=dict)
@@ -132,8 +137,13 @@ class PrometheusRemoteWriteExporter(Exporter[Config]):
             target_info=config.target_info.enabled,
         )
         self._headers = {**config.headers, **_HEADERS}
+        self._auth: Authenticator | None = None
         self._session: aiohttp.ClientSession | None = None
         self._skip_log = promnames.SkipLog(self.log)
+
+    async def start(self, host) -> None:
+        self._auth = authenticator(host, self.config.auth)
+        await super().start(host)
 
     async def connect(self) -> None:
         self._session = client_session(self.config.endpoint, self.config.tls)
@@ -163,11 +173,14 @@ class PrometheusRemoteWriteExporter(Exporter[Config]):
     async def _post(self, body: bytes) -> None:
         url = self.config.endpoint
         assert self._session is not None, "push before connect"
+        headers = self._headers
+        if self._auth is not None:
+            headers = {**headers, **await self._auth.authorize("POST", url, headers, body)}
         try:
             async with self._session.post(
                 url,
                 data=body,
-                headers=self._headers,
+                headers=headers,
                 server_hostname=self.config.tls.server_name_override or None,
             ) as response:
                 status = response.status
