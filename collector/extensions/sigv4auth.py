@@ -2,10 +2,8 @@
 AWS endpoints that take OTLP or remote write (X-Ray and CloudWatch OTLP endpoints, Amazon
 Managed Service for Prometheus), as the OTel Collector's sigv4auth extension does.
 
-Exporters name it in `auth: {authenticator: sigv4auth}`. Credentials come from botocore's
-standard chain (environment, the ECS/Lambda container credentials endpoint, shared config and
-credentials files, the EC2 instance metadata service), optionally exchanged for a role's with
-STS AssumeRole; botocore signs and refreshes them before they expire.
+Exporters name it in `auth: {authenticator: sigv4auth}`. Credentials: collector/aws/session.py
+(the standard chain, optionally an assumed role); botocore signs.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
+from collector.aws.session import aws_session
 from collector.core.component import Factory, Kind, Settings
 from collector.core.config_types import ComponentConfig
 
@@ -76,39 +75,11 @@ class SigV4Auth:
         self._credentials, self._region = await asyncio.to_thread(self._resolve)
 
     def _resolve(self) -> tuple[Credentials, str | None]:
-        import botocore.session  # only where sigv4auth is used: it is a large import
-
-        session = botocore.session.Session()
-        region = self.config.region or session.get_config_variable("region")
         role = self.config.assume_role
-        if role.arn:
-            from botocore.credentials import (
-                AssumeRoleCredentialFetcher,
-                DeferredRefreshableCredentials,
-            )
-
-            fetcher = AssumeRoleCredentialFetcher(
-                client_creator=session.create_client,
-                source_credentials=session.get_credentials(),
-                role_arn=role.arn,
-                extra_args={"RoleSessionName": role.session_name},
-            )
-            sts_region = role.sts_region or region
-            if sts_region:
-                session.set_config_variable("region", sts_region)
-            credentials = DeferredRefreshableCredentials(
-                method="assume-role", refresh_using=fetcher.fetch_credentials
-            )
-            # Fetch now, so that a role that cannot be assumed fails the start, not an export.
-            credentials.get_frozen_credentials()
-            return credentials, region
-        found = session.get_credentials()
-        if found is None:
-            raise ValueError(
-                "sigv4auth found no AWS credentials (environment, container credentials, "
-                "shared files, instance metadata)"
-            )
-        return found, region
+        session = aws_session(self.config.region, role.arn, role.session_name, role.sts_region)
+        credentials = session.get_credentials()
+        assert credentials is not None  # aws_session raises without
+        return credentials, session.get_config_variable("region")
 
     async def shutdown(self) -> None:
         self._credentials = None

@@ -1,0 +1,2 @@
+"""What the AWS components share: botocore sessions with the standard credential chain and an
+assumed role."""
