@@ -34,18 +34,6 @@ def all_factories():
     return [pytest.param(f, id=f"{f.kind.value}-{f.type}") for f in registry().factories()]
 
 
-@pytest.fixture(autouse=True)
-def aws_credentials(monkeypatch, tmp_path):
-    """Static AWS credentials, as sigv4auth needs some, and nothing else of AWS's: no files,
-    no instance metadata service."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
 @pytest.fixture
 async def remote_write():
     """A Prometheus remote-write endpoint that accepts every request, as a receiver does."""
@@ -65,13 +53,16 @@ async def remote_write():
 
 
 @pytest.mark.parametrize("factory", all_factories())
-async def test_create_start_consume_shutdown(factory: Factory, tmp_path, backend, remote_write):
+async def test_create_start_consume_shutdown(
+    factory: Factory, tmp_path, backend, remote_write, moto_server, aws_credentials
+):
     config = sample_config(
         factory,
         tmp=str(tmp_path),
         grpc=backend.grpc_endpoint,
         http=backend.http_endpoint,
         remote_write=remote_write,
+        xray=moto_server,
     )
     settings = make_settings(factory.kind, factory.type)
     host = StaticHost()

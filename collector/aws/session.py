@@ -6,6 +6,7 @@ when an AWS component starts: it is a large import. Blocking I/O: call it off th
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ def aws_session(
 
     def session_in(region: str) -> Session:
         session = botocore.session.Session()
+        # AWS_REGION is what Lambda and ECS set; botocore itself reads AWS_DEFAULT_REGION.
+        region = region or os.environ.get("AWS_REGION", "")
         if region:
             session.set_config_variable("region", region)
         return session

@@ -16,6 +16,7 @@ from collector.core.signals import Signal
 from collector.exporters import otlphttp, prometheusremotewrite
 from collector.extensions import sigv4auth
 from collector.extensions.sigv4auth import Config, signing_scope
+from tests.support.aws import isolate
 from tests.support.builders import make_metrics, make_traces
 from tests.support.components import StaticHost, make_settings
 from tests.support.sigv4 import SigV4Endpoint
@@ -27,21 +28,8 @@ SCOPE = {"service": "xray", "region": "eu-west-1"}
 @pytest.fixture
 def aws_env(monkeypatch, tmp_path):
     """No AWS credentials anywhere but where a test puts them; no instance metadata lookups."""
-    for name in (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    isolate(monkeypatch, tmp_path, credentials=False)
+    monkeypatch.delenv("AWS_REGION")
     return monkeypatch
 
 

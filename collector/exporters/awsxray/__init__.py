@@ -1,0 +1,5 @@
+"""awsxray exporter: spans to AWS X-Ray as segment documents."""
+
+from collector.exporters.awsxray.exporter import factory
+
+__all__ = ["factory"]
