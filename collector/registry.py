@@ -25,6 +25,7 @@ _COMPONENTS = [
     (Kind.PROCESSOR, ("tail_sampling",), "collector.processors.tail_sampling"),
     (Kind.CONNECTOR, ("forward",), "collector.connectors.forward"),
     (Kind.CONNECTOR, ("span_metrics", "spanmetrics"), "collector.connectors.span_metrics"),
+    (Kind.EXPORTER, ("awsemf",), "collector.exporters.awsemf"),
     (Kind.EXPORTER, ("awsxray",), "collector.exporters.awsxray"),
     (Kind.EXPORTER, ("debug",), "collector.exporters.debug"),
     (Kind.EXPORTER, ("file",), "collector.exporters.file"),
