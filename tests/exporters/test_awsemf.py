@@ -71,7 +71,7 @@ async def test_cloudwatch_logs_get_deltas_of_cumulative_metrics(moto_server, aws
     group = "/aws/ecs/containerinsights/{ClusterName}/application/metrics"
     config = {
         "endpoint": moto_server,
-        "namespace": "Checkout",
+        "namespace": "Checkout/{ClusterName}",
         "log_group_name": group,
         "log_stream_name": "{TaskId}",
         "sending_queue": {"enabled": False},
@@ -93,7 +93,7 @@ async def test_cloudwatch_logs_get_deltas_of_cumulative_metrics(moto_server, aws
     assert requests["event"]["route"] == "/orders"
     assert requests["event"]["OTelLib"] == "checkout.http"
     assert requests["event"]["_aws"]["Timestamp"] == (start + 60) * 1000
-    assert requests["directive"]["Namespace"] == "Checkout"
+    assert requests["directive"]["Namespace"] == "Checkout/prod"
     assert requests["directive"]["Dimensions"] == [["OTelLib", "route"], ["OTelLib"]]
     assert requests["metric"] == {"Name": "http.requests", "Unit": "Count"}
     duration = found["http.duration"]

@@ -66,21 +66,19 @@ class EmfWriter:
 
     def __init__(
         self,
-        namespace: str,
         rollup: str,
         declarations: list[Declaration],
         resource_labels: bool,
         retain_initial_delta: bool = False,
     ) -> None:
-        self.namespace = namespace
         self.rollup = rollup
         self.declarations = declarations
         self.resource_labels = resource_labels
         self.retain_initial = retain_initial_delta
         self._previous: dict[tuple, tuple[float, ...]] = {}
 
-    def events(self, rm) -> Iterator[dict]:
-        """The EMF events of one ResourceMetrics."""
+    def events(self, rm, namespace: str) -> Iterator[dict]:
+        """The EMF events of one ResourceMetrics, in CloudWatch namespace `namespace`."""
         resource = {kv.key: _text(kv.value) for kv in rm.resource.attributes}
         for sm in rm.scope_metrics:
             grouped: dict[tuple, _Event] = {}
@@ -95,7 +93,7 @@ class EmfWriter:
                     if unit:
                         event.units[metric.name] = unit
             for event in grouped.values():
-                document = self._document(event)
+                document = self._document(event, namespace)
                 if document is not None:
                     yield document
 
@@ -171,7 +169,7 @@ class EmfWriter:
             sets += [[*scope, key] for key in keys]
         return [s[:MAX_DIMENSIONS] for s in sets if s]
 
-    def _document(self, event: _Event) -> dict | None:
+    def _document(self, event: _Event, namespace: str) -> dict | None:
         directives = []
         values = {}
         for name, value in event.values.items():
@@ -181,9 +179,7 @@ class EmfWriter:
             metric: dict = {"Name": name}
             if name in event.units:
                 metric["Unit"] = event.units[name]
-            directives.append(
-                {"Namespace": self.namespace, "Dimensions": sets, "Metrics": [metric]}
-            )
+            directives.append({"Namespace": namespace, "Dimensions": sets, "Metrics": [metric]})
             values[name] = value
         if not directives:
             return None

@@ -2,9 +2,9 @@
 CloudWatch Logs with PutLogEvents (creating the log group and stream when missing) or printed to
 stdout, where Lambda and the CloudWatch agent take them in without an API call.
 
-Log group and stream names may hold placeholders filled from each resource: {ClusterName},
-{TaskId}, {TaskDefinitionFamily}, {ServiceName}, {FaasName}; one the resource cannot fill
-becomes `undefined`.
+The namespace and the log group and stream names may hold placeholders filled from each
+resource: {ClusterName}, {TaskId}, {TaskDefinitionFamily}, {ServiceName}, {FaasName}; one the
+resource cannot fill becomes `undefined`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class ResourceToTelemetry(ComponentConfig):
 
 class Config(SenderConfig):
     namespace: str = "default"
-    """CloudWatch namespace of the metrics (default `default`)."""
+    """CloudWatch namespace of the metrics, placeholders allowed (default `default`)."""
     log_group_name: str = "/metrics/default"
     """Log group of the events, placeholders allowed (default /metrics/default)."""
     log_stream_name: str = "otel-stream"
@@ -113,7 +113,6 @@ class EmfExporter(Exporter[Config]):
             for d in config.metric_declarations
         ]
         self._writer = EmfWriter(
-            config.namespace,
             config.dimension_rollup_option,
             declarations,
             config.resource_to_telemetry_conversion.enabled,
@@ -155,7 +154,8 @@ class EmfExporter(Exporter[Config]):
                 _fill(self.config.log_group_name, resource),
                 _fill(self.config.log_stream_name, resource),
             )
-            streams.setdefault(target, []).extend(self._writer.events(rm))
+            namespace = _fill(self.config.namespace, resource)
+            streams.setdefault(target, []).extend(self._writer.events(rm, namespace))
         if self.config.output_destination == "stdout":
             for events in streams.values():
                 for event in events:
