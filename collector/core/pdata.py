@@ -6,9 +6,13 @@ receivers parse it once, processors change it in place, exporters serialize it o
 
 from __future__ import annotations
 
+import base64
+import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -262,6 +266,30 @@ def find_attr(attrs, key: str) -> KeyValue | None:
         if kv.key == key:
             return kv
     return None
+
+
+def value_text(value: AnyValue) -> str:
+    """A value's string form as the Collector's `Value.AsString` writes it: booleans as
+    true/false, doubles without exponent, bytes as base64, arrays and maps as JSON."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "int_value":
+        return str(value.int_value)
+    if kind == "double_value":
+        d = value.double_value
+        if math.isnan(d):
+            return "NaN"
+        if math.isinf(d):
+            return "+Inf" if d > 0 else "-Inf"
+        return format(Decimal(repr(d)), "f")
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    if kind is None:
+        return ""
+    return json.dumps(any_value_to_python(value), separators=(",", ":"), default=str)
 
 
 def get_attr(attrs, key: str, default: Any = None) -> Any:

@@ -7,9 +7,7 @@ server sends RetryInfo (its delay is then honoured); every other code is permane
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, cast
 
 import grpc
@@ -145,7 +143,6 @@ class OTLPExporter(Exporter[Config]):
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
         self._channel: grpc.Channel | None = None
         self._export: grpc.UnaryUnaryMultiCallable | None = None
-        self._threads: ThreadPoolExecutor | None = None
 
     async def connect(self) -> None:
         cfg = self.config
@@ -167,28 +164,22 @@ class OTLPExporter(Exporter[Config]):
             f"/{GRPC_SERVICES[self.signal]}/Export",
             response_deserializer=RESPONSE_TYPES[self.signal].FromString,
         )
-        # As many as the sending queue's consumers, so that no send waits for a thread.
-        consumers = cfg.sending_queue.num_consumers if cfg.sending_queue.enabled else 1
-        self._threads = ThreadPoolExecutor(consumers, thread_name_prefix=f"{self.settings.id}")
 
     async def disconnect(self) -> None:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-        if self._threads is not None:
-            self._threads.shutdown(wait=False)
-            self._threads = None
 
     async def push(self, batch) -> None:
-        export, threads = self._export, self._threads
-        assert export is not None and threads is not None, "push before connect"
+        export = self._export
+        assert export is not None, "push before connect"
         data = Encoded.of(batch).data
         # The deadline tells the server when to give up too, and ends the thread's call; the
         # sender's own timeout may stop waiting for it first.
         timeout = self.config.timeout or None
         call = functools.partial(export, data, metadata=self._metadata, timeout=timeout)
         try:
-            response = await asyncio.get_running_loop().run_in_executor(threads, call)
+            response = await self.run_blocking(call)
         except grpc.RpcError as e:
             raise classify(e) from None
         check_partial_success(response, self.signal, self.log)

@@ -13,6 +13,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from pydantic import Field, model_validator
@@ -283,6 +284,7 @@ class Sender:
 
 
 C = TypeVar("C", bound=SenderConfig)
+T = TypeVar("T")
 
 
 class Exporter(Generic[C]):
@@ -297,6 +299,7 @@ class Exporter(Generic[C]):
         self.signal = signal
         self.log = settings.logger
         self.sender = Sender(settings, signal, self.push, config)
+        self._threads: ThreadPoolExecutor | None = None
 
     async def start(self, host) -> None:
         await self.connect()
@@ -313,6 +316,21 @@ class Exporter(Generic[C]):
             await self.sender.shutdown()
         finally:
             await self.disconnect()
+            if self._threads is not None:
+                self._threads.shutdown(wait=False)
+                self._threads = None
+
+    async def run_blocking(self, call: Callable[..., T], *args) -> T:
+        """`call(*args)` on a thread of the exporter's own, for blocking client libraries (and
+        work that releases the GIL, like compression): one thread per queue consumer, so that
+        no send waits for a thread."""
+        if self._threads is None:
+            queue = self.config.sending_queue
+            self._threads = ThreadPoolExecutor(
+                queue.num_consumers if queue.enabled else 1,
+                thread_name_prefix=str(self.settings.id),
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
 
     async def connect(self) -> None:
         """Open what push needs (called from start)."""

@@ -68,6 +68,7 @@ class BatchProcessor(Processor):
         self._wake = asyncio.Event()
         self._timer: asyncio.Task | None = None
         self._stopping = False
+        self._encoded = False  # whether held data is kept as Encoded, decided at start
 
     @property
     def accepts_encoded(self) -> bool:
@@ -76,6 +77,7 @@ class BatchProcessor(Processor):
         return not self.config.send_batch_max_size and accepts_encoded(self.next)
 
     async def start(self, host) -> None:
+        self._encoded = self.accepts_encoded
         if self.config.timeout > 0 and self._timer is None:
             self._timer = asyncio.create_task(self._run_timer(), name=f"{self.settings.id} timer")
 
@@ -106,7 +108,7 @@ class BatchProcessor(Processor):
         if not self._held:
             self._deadline = asyncio.get_running_loop().time() + self.config.timeout
             self._wake.set()
-        if self.accepts_encoded:
+        if self._encoded:
             # Encoded as it arrives: one large encoding at the send would hold every receiver.
             batch = Encoded.of(batch)
         self._held.append(batch)
@@ -134,7 +136,7 @@ class BatchProcessor(Processor):
         than the size trigger stays held for the next send."""
         held, total = self._held, self._held_items
         self._held, self._held_items = [], 0
-        if self.accepts_encoded:
+        if self._encoded:
             # Concatenating wire forms instead of merging messages and encoding the result
             # (with the exporter's threads): otlp -> batch -> otlp over gRPC went from 72.7k to
             # 100.5k spans per CPU-second in bench/throughput.py.

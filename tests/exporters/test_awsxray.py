@@ -8,6 +8,7 @@ import pytest
 from botocore.exceptions import ClientError
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from collector.aws.session import call
 from collector.core.component import Kind
 from collector.core.consumer import PermanentError, RetryableError
 from collector.core.pdata import Traces, set_attr
@@ -174,12 +175,15 @@ def test_throttling_is_retried_and_bad_requests_are_not():
 
         return Client()
 
+    def put(client):
+        return lambda: client.put_trace_segments(TraceSegmentDocuments=["{}"])
+
     with pytest.raises(RetryableError):
-        awsxray.XRayExporter._put(failing("ThrottledException", 429), ["{}"])
+        call(put(failing("ThrottledException", 429)), "PutTraceSegments")
     with pytest.raises(RetryableError):
-        awsxray.XRayExporter._put(failing("InternalFailure", 500), ["{}"])
+        call(put(failing("InternalFailure", 500)), "PutTraceSegments")
     with pytest.raises(PermanentError):
-        awsxray.XRayExporter._put(failing("InvalidRequestException", 400), ["{}"])
+        call(put(failing("InvalidRequestException", 400)), "PutTraceSegments")
 
 
 def test_segment_names_keep_only_what_x_ray_allows():

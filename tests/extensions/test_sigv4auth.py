@@ -33,6 +33,15 @@ def aws_env(monkeypatch, tmp_path):
     return monkeypatch
 
 
+def signed(endpoint: str) -> dict:
+    """An HTTP exporter's config: `endpoint`, sigv4auth, sending inline."""
+    return {
+        "endpoint": endpoint,
+        "auth": {"authenticator": "sigv4auth"},
+        "sending_queue": {"enabled": False},
+    }
+
+
 async def started_extension(config: dict) -> sigv4auth.SigV4Auth:
     extension = sigv4auth.factory.create(
         make_settings(Kind.EXTENSION, "sigv4auth"), Config.model_validate(config)
@@ -71,11 +80,7 @@ async def test_otlphttp_requests_carry_a_valid_signature_with_environment_creden
     aws_env.setenv("AWS_SESSION_TOKEN", TOKEN)
     extension = await started_extension(SCOPE)
     async with SigV4Endpoint({KEY: (SECRET, TOKEN)}) as endpoint:
-        config = {
-            "endpoint": endpoint.url,
-            "auth": {"authenticator": "sigv4auth"},
-            "sending_queue": {"enabled": False},
-        }
+        config = signed(endpoint.url)
         batch = make_traces(3)
         await export_through(extension, otlphttp.factory, config, batch, Signal.TRACES)
     assert endpoint.refused == []
@@ -111,11 +116,7 @@ async def test_remote_write_is_signed_with_container_credentials(aws_env):
         aws_env.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "task-secret")
         extension = await started_extension({"service": "aps", "region": "us-east-1"})
         async with SigV4Endpoint({"ASIACONTAINER": ("container-secret", "container-token")}) as ep:
-            config = {
-                "endpoint": f"{ep.url}/api/v1/remote_write",
-                "auth": {"authenticator": "sigv4auth"},
-                "sending_queue": {"enabled": False},
-            }
+            config = signed(f"{ep.url}/api/v1/remote_write")
             metrics = make_metrics(2)
             await export_through(
                 extension, prometheusremotewrite.factory, config, metrics, Signal.METRICS
@@ -141,11 +142,7 @@ async def test_assume_role_signs_with_the_roles_credentials_from_sts(aws_env):
             {**SCOPE, "assume_role": {"arn": role, "session_name": "sidecar"}}
         )
         async with SigV4Endpoint(assumed_role_key) as endpoint:
-            config = {
-                "endpoint": endpoint.url,
-                "auth": {"authenticator": "sigv4auth"},
-                "sending_queue": {"enabled": False},
-            }
+            config = signed(endpoint.url)
             batch = make_traces(1)
             await export_through(extension, otlphttp.factory, config, batch, Signal.TRACES)
     finally:
@@ -171,12 +168,7 @@ async def test_the_endpoint_refuses_a_signature_by_other_credentials(aws_env):
     aws_env.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     extension = await started_extension(SCOPE)
     async with SigV4Endpoint({KEY: (SECRET, None)}) as endpoint:
-        config = {
-            "endpoint": endpoint.url,
-            "auth": {"authenticator": "sigv4auth"},
-            "sending_queue": {"enabled": False},
-            "retry_on_failure": {"enabled": False},
-        }
+        config = {**signed(endpoint.url), "retry_on_failure": {"enabled": False}}
         batch = make_traces(1)
         with pytest.raises(Exception, match="403"):
             await export_through(extension, otlphttp.factory, config, batch, Signal.TRACES)

@@ -4,7 +4,8 @@ Each event holds the metrics of one resource, scope, timestamp and label set: th
 top-level fields, each metric's value under its name, and the `_aws` metadata naming the
 namespace, the metrics (with CloudWatch units) and the dimension sets CloudWatch extracts
 metrics for. Labels are the data point's attributes, the resource's when
-`resource_to_telemetry_conversion` is on, and `OTelLib` (the instrumentation scope's name).
+`resource_to_telemetry_conversion` is on, and `OTelLib` (the instrumentation scope's name),
+written as the Collector writes attribute values as text (pdata.value_text).
 
 CloudWatch adds up what it receives, so cumulative sums and histograms are sent as the change
 since the previous point of the same series (the first point of a series only sets the base);
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
-from collector.core.pdata import any_value_to_python
+from collector.core.pdata import value_text
 
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 SCOPE_DIMENSION = "OTelLib"
@@ -79,7 +80,7 @@ class EmfWriter:
 
     def events(self, rm, namespace: str) -> Iterator[dict]:
         """The EMF events of one ResourceMetrics, in CloudWatch namespace `namespace`."""
-        resource = {kv.key: _text(kv.value) for kv in rm.resource.attributes}
+        resource = {kv.key: value_text(kv.value) for kv in rm.resource.attributes}
         for sm in rm.scope_metrics:
             grouped: dict[tuple, _Event] = {}
             for metric in sm.metrics:
@@ -142,7 +143,7 @@ class EmfWriter:
 
     def _labels(self, dp, resource: Mapping[str, str], scope: str) -> dict[str, str]:
         labels = dict(resource) if self.resource_labels else {}
-        labels.update((kv.key, _text(kv.value)) for kv in dp.attributes)
+        labels.update((kv.key, value_text(kv.value)) for kv in dp.attributes)
         if scope:
             labels[SCOPE_DIMENSION] = scope
         return labels
@@ -196,8 +197,3 @@ def _ms(dp) -> int:
 
 def _number(dp) -> float:
     return float(dp.as_int) if dp.WhichOneof("value") == "as_int" else dp.as_double
-
-
-def _text(value) -> str:
-    python = any_value_to_python(value)
-    return python if isinstance(python, str) else str(python)

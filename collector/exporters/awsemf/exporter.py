@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from collector.aws.session import aws_session
+from collector.aws.session import call, service_client
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig
-from collector.core.consumer import PermanentError, RetryableError
+from collector.core.consumer import ConsumerError
 from collector.core.pdata import any_value_to_python
 from collector.core.signals import Signal
 from collector.exporters.awsemf.emf import Declaration, EmfWriter
@@ -33,7 +33,9 @@ MAX_EVENTS = 10_000
 MAX_BYTES = 1_048_576
 _EVENT_OVERHEAD = 26
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
-_RETRYABLE_CODES = frozenset({"ThrottlingException", "ServiceUnavailableException"})
+# Retried besides throttling and 5xx; a group or stream deleted while in use is created again
+# by the next attempt.
+_RETRYABLE_CODES = frozenset({"ResourceNotFoundException", "ServiceUnavailableException"})
 
 
 class MetricDeclaration(ComponentConfig):
@@ -119,31 +121,16 @@ class EmfExporter(Exporter[Config]):
             config.retain_initial_value_of_delta_metric,
         )
         self._client: Any = None
-        self._threads: ThreadPoolExecutor | None = None
         self._known: set[tuple[str, str]] = set()  # log streams that exist
 
     async def connect(self) -> None:
-        if self.config.output_destination == "stdout":
-            return
-        cfg = self.config
-        self._client = await asyncio.to_thread(self._create_client)
-        queue = cfg.sending_queue
-        self._threads = ThreadPoolExecutor(
-            queue.num_consumers if queue.enabled else 1, thread_name_prefix=str(self.settings.id)
-        )
-
-    def _create_client(self) -> Any:
-        from botocore.config import Config as ClientConfig
-
-        cfg = self.config
-        session = aws_session(cfg.region, cfg.role_arn)
-        options = ClientConfig(retries={"total_max_attempts": 1}, user_agent_extra="coldtail")
-        return session.create_client("logs", endpoint_url=cfg.endpoint or None, config=options)
+        if self.config.output_destination == "cloudwatch":
+            cfg = self.config
+            self._client = await asyncio.to_thread(
+                service_client, "logs", cfg.region, cfg.role_arn, cfg.endpoint
+            )
 
     async def disconnect(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False)
-            self._threads = None
         self._client = None
 
     async def push(self, batch) -> None:
@@ -162,39 +149,27 @@ class EmfExporter(Exporter[Config]):
                     sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
             sys.stdout.flush()
             return
-        loop = asyncio.get_running_loop()
         for (group, stream), events in streams.items():
             log_events = sorted(
                 ({"timestamp": e["_aws"]["Timestamp"], "message": json.dumps(e)} for e in events),
                 key=lambda e: e["timestamp"],
             )
             for chunk in _chunks(log_events):
-                await loop.run_in_executor(self._threads, self._put, group, stream, chunk)
+                await self.run_blocking(self._put, group, stream, chunk)
 
     def _put(self, group: str, stream: str, events: list[dict]) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         client = self._client
         try:
             if (group, stream) not in self._known:
-                _ensure_stream(client, group, stream)
+                call(lambda: _ensure_stream(client, group, stream), f"{group}/{stream}")
                 self._known.add((group, stream))
-            client.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
-        except ClientError as e:
-            error = e.response.get("Error", {})
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if error.get("Code") == "ResourceNotFoundException":
-                self._known.discard((group, stream))  # deleted meanwhile: created again next time
-            message = f"PutLogEvents {group}/{stream}: {error.get('Code')}: {error.get('Message')}"
-            if (
-                error.get("Code") in _RETRYABLE_CODES
-                or error.get("Code") == "ResourceNotFoundException"
-                or status >= 500
-            ):
-                raise RetryableError(message) from None
-            raise PermanentError(message) from None
-        except BotoCoreError as e:
-            raise RetryableError(f"PutLogEvents {group}/{stream}: {e}") from None
+            put = functools.partial(
+                client.put_log_events, logGroupName=group, logStreamName=stream, logEvents=events
+            )
+            call(put, f"PutLogEvents {group}/{stream}", _RETRYABLE_CODES)
+        except ConsumerError:
+            self._known.discard((group, stream))  # checked again on the next attempt
+            raise
 
 
 def _ensure_stream(client: Any, group: str, stream: str) -> None:

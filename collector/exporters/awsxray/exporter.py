@@ -9,23 +9,20 @@ rejected (partial success); other client errors are permanent.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from typing import Any
 
 from pydantic import Field
 
-from collector.aws.session import aws_session
+from collector.aws.session import call, service_client
 from collector.core.component import Factory, Kind, Settings, Stability
-from collector.core.consumer import PermanentError, RetryableError
+from collector.core.consumer import PermanentError
 from collector.core.pdata import count_spans
 from collector.core.signals import Signal
 from collector.exporters.awsxray.segments import SegmentWriter
 from collector.exporters.sender import Exporter, SenderConfig
 
 MAX_DOCUMENTS = 50  # PutTraceSegments' limit per call
-_RETRYABLE_CODES = frozenset(
-    {"ThrottledException", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable"}
-)
 
 
 class Config(SenderConfig):
@@ -55,39 +52,25 @@ class XRayExporter(Exporter[Config]):
             config.indexed_attributes, config.index_all_attributes, config.aws_log_groups
         )
         self._client: Any = None
-        self._threads: ThreadPoolExecutor | None = None
 
     async def connect(self) -> None:
-        self._client = await asyncio.to_thread(self._create_client)
-        queue = self.config.sending_queue
-        self._threads = ThreadPoolExecutor(
-            queue.num_consumers if queue.enabled else 1, thread_name_prefix=str(self.settings.id)
+        cfg = self.config
+        self._client = await asyncio.to_thread(
+            service_client, "xray", cfg.region, cfg.role_arn, cfg.endpoint
         )
 
-    def _create_client(self) -> Any:
-        from botocore.config import Config as ClientConfig
-
-        cfg = self.config
-        session = aws_session(cfg.region, cfg.role_arn)
-        # One attempt: retries are the sender's, with its backoff and limits.
-        options = ClientConfig(retries={"total_max_attempts": 1}, user_agent_extra="coldtail")
-        return session.create_client("xray", endpoint_url=cfg.endpoint or None, config=options)
-
     async def disconnect(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False)
-            self._threads = None
         self._client = None
 
     async def push(self, batch) -> None:
-        client, threads = self._client, self._threads
-        assert client is not None and threads is not None, "push before connect"
+        client = self._client
+        assert client is not None, "push before connect"
         documents = list(self._writer.documents(batch))
-        loop = asyncio.get_running_loop()
         rejected, messages = 0, []
         for start in range(0, len(documents), MAX_DOCUMENTS):
             chunk = documents[start : start + MAX_DOCUMENTS]
-            response = await loop.run_in_executor(threads, self._put, client, chunk)
+            put = functools.partial(client.put_trace_segments, TraceSegmentDocuments=chunk)
+            response = await self.run_blocking(call, put, "PutTraceSegments")
             for failed in response.get("UnprocessedTraceSegments", []):
                 rejected += 1
                 messages.append(f"{failed.get('Id')}: {failed.get('Message')}")
@@ -96,22 +79,6 @@ class XRayExporter(Exporter[Config]):
                 f"X-Ray did not process {rejected} segments: {'; '.join(messages[:3])}",
                 rejected=min(rejected, count_spans(batch)),
             )
-
-    @staticmethod
-    def _put(client: Any, documents: list[str]) -> dict:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return client.put_trace_segments(TraceSegmentDocuments=documents)
-        except ClientError as e:
-            error = e.response.get("Error", {})
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            message = f"PutTraceSegments: {error.get('Code')}: {error.get('Message')}"
-            if error.get("Code") in _RETRYABLE_CODES or status == 429 or status >= 500:
-                raise RetryableError(message) from None
-            raise PermanentError(message) from None
-        except BotoCoreError as e:  # no connection, timeouts
-            raise RetryableError(f"PutTraceSegments: {e}") from None
 
 
 factory = Factory(

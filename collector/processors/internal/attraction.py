@@ -18,8 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from pydantic import AfterValidator
 
 from collector.core.config_types import ComponentConfig
-from collector.core.pdata import find_attr, python_to_any_value
-from collector.processors.internal.matching import value_text
+from collector.core.pdata import find_attr, python_to_any_value, value_text
 
 
 class Action(enum.StrEnum):

@@ -10,13 +10,9 @@ finds it anywhere in the text (Go's `regexp.MatchString`, as the Collector uses)
 
 from __future__ import annotations
 
-import base64
 import enum
-import json
-import math
 import re
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any, ClassVar
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -24,35 +20,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from collector.core.config_types import ComponentConfig
-from collector.core.pdata import any_value_to_python, find_attr
+from collector.core.pdata import any_value_to_python, find_attr, value_text
 from collector.core.signals import Signal
 
 # (resource, scope, item) -> matches. The item is a span, a metric or a log record.
 Predicate = Callable[[Any, Any, Any], bool]
-
-
-def value_text(value: AnyValue) -> str:
-    """A value's string form as the Collector's `Value.AsString` writes it: booleans as
-    true/false, doubles without exponent, bytes as base64, arrays and maps as JSON."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "double_value":
-        d = value.double_value
-        if math.isnan(d):
-            return "NaN"
-        if math.isinf(d):
-            return "+Inf" if d > 0 else "-Inf"
-        return format(Decimal(repr(d)), "f")
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    if kind is None:
-        return ""
-    return json.dumps(any_value_to_python(value), separators=(",", ":"), default=str)
 
 
 class MatchType(enum.StrEnum):

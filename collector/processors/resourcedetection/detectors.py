@@ -158,13 +158,9 @@ async def ec2(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Att
         if status != 200:
             raise DetectionError(f"PUT {base}/latest/api/token: HTTP {status}")
         headers = {"X-aws-ec2-metadata-token": token}
-        url = f"{base}/latest/dynamic/instance-identity/document"
-        try:
-            identity = json.loads(await _read(session, url, headers))
-        except ValueError as e:
-            raise DetectionError(f"GET {url}: not JSON: {e}") from e
-        if not isinstance(identity, dict):
-            raise DetectionError(f"GET {url}: not a JSON object")
+        identity = await _document(
+            session, f"{base}/latest/dynamic/instance-identity/document", headers
+        )
         hostname = await _read(session, f"{base}/latest/meta-data/hostname", headers)
     attributes: Attributes = {
         "cloud.provider": "aws",
@@ -180,7 +176,9 @@ async def ec2(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Att
     return {k: v for k, v in attributes.items() if v is not None and enabled(k)}
 
 
-async def _read(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:
+async def _read(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
+) -> str:
     try:
         async with session.get(url, headers=headers) as response:
             if response.status != 200:
@@ -190,14 +188,15 @@ async def _read(session: aiohttp.ClientSession, url: str, headers: dict[str, str
         raise DetectionError(f"GET {url}: {e}") from e
 
 
-async def _document(session: aiohttp.ClientSession, url: str) -> dict:
+async def _document(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
+) -> dict:
+    """A JSON object from `url`."""
+    text = await _read(session, url, headers)
     try:
-        async with session.get(url) as response:
-            if response.status != 200:
-                raise DetectionError(f"GET {url}: HTTP {response.status}")
-            document = json.loads(await response.read())
-    except (aiohttp.ClientError, OSError, ValueError) as e:
-        raise DetectionError(f"GET {url}: {e}") from e
+        document = json.loads(text)
+    except ValueError as e:
+        raise DetectionError(f"GET {url}: not JSON: {e}") from e
     if not isinstance(document, dict):
         raise DetectionError(f"GET {url}: not a JSON object")
     return document
