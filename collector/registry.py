@@ -10,6 +10,7 @@ from collector.core.component import Kind, Registry
 _COMPONENTS = [
     (Kind.RECEIVER, ("otlp",), "collector.receivers.otlp"),
     (Kind.RECEIVER, ("lambda_telemetry",), "collector.receivers.lambda_telemetry"),
+    (Kind.RECEIVER, ("awsxray",), "collector.receivers.awsxray"),
     (Kind.PROCESSOR, ("batch",), "collector.processors.batch"),
     (Kind.PROCESSOR, ("memory_limiter",), "collector.processors.memory_limiter"),
     (Kind.PROCESSOR, ("attributes",), "collector.processors.attributes"),
@@ -33,6 +34,7 @@ _COMPONENTS = [
     (Kind.EXPORTER, ("otlphttp", "otlp_http"), "collector.exporters.otlphttp"),
     (Kind.EXPORTER, ("prometheus",), "collector.exporters.prometheus"),
     (Kind.EXPORTER, ("prometheusremotewrite",), "collector.exporters.prometheusremotewrite"),
+    (Kind.EXTENSION, ("awsproxy",), "collector.extensions.awsproxy"),
     (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),
     (Kind.EXTENSION, ("sigv4auth",), "collector.extensions.sigv4auth"),
 ]

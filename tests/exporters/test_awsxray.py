@@ -157,6 +157,22 @@ async def test_indexed_and_all_attributes_become_annotations_with_valid_keys():
     assert all(re.match(r"^[A-Za-z0-9_]+$", key) for key in everything)
 
 
+def test_what_came_from_x_ray_returns_to_annotations_and_metadata_namespaces():
+    span = lambda_trace(1).resource_spans[0].scope_spans[0].spans[0]
+    for key, value in {
+        "tenant": "acme",
+        "aws.xray.annotations": ["tenant"],
+        "aws.xray.metadata.orders": '{"rows":{"matched":0}}',
+        "aws.xray.metadata.notes": "not json",
+    }.items():
+        set_attr(span.attributes, key, value)
+    document = SegmentWriter([], False).document(span, {"service.name": "checkout"})
+    assert document["annotations"]["tenant"] == "acme"
+    assert document["metadata"]["orders"] == {"rows": {"matched": 0}}
+    assert document["metadata"]["notes"] == "not json"
+    assert "aws.xray.annotations" not in json.dumps(document)
+
+
 async def test_more_than_50_spans_go_in_several_calls_and_all_arrive(moto_server, xray):
     other = bytes.fromhex("5f2b3c4d" + "fe" * 12)
     batch = lambda_trace(120, other)

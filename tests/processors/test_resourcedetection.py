@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from collector.core.pdata import get_attr, resources
 from collector.processors.resourcedetection import factory
@@ -204,3 +205,68 @@ async def test_off_ec2_or_disabled_the_ec2_detector_adds_nothing_quickly():
     disabled = await detected({"detectors": ["ec2"]}, {"AWS_EC2_METADATA_DISABLED": "true"})
     assert set(off) == set(disabled) == {"service.name"}
     assert time.monotonic() - started < 5
+
+
+class DockerDaemon:
+    """The Docker Engine API's GET /info on a unix socket, answering with the fields Docker
+    documents (a subset), or with `status` and Docker's error body."""
+
+    def __init__(self, path: str, status: int = 200) -> None:
+        self.path, self.status = path, status
+        self.requests: list[str] = []
+        self._runner: web.AppRunner | None = None
+
+    async def _info(self, request):
+        self.requests.append(request.path)
+        if self.status != 200:
+            return web.json_response({"message": "daemon is busy"}, status=self.status)
+        return web.json_response(
+            {"ID": "7TRN:IPZB", "Name": "docker-host-1", "OSType": "linux", "NCPU": 2}
+        )
+
+    async def __aenter__(self):
+        app = web.Application()
+        app.router.add_get("/info", self._info)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.UnixSite(self._runner, self.path).start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self._runner.cleanup()
+
+
+async def test_docker_asks_the_daemon_at_docker_host_for_the_host(tmp_path):
+    path = str(tmp_path / "docker.sock")
+    async with DockerDaemon(path) as daemon:
+        found = await detected({"detectors": ["docker"]}, {"DOCKER_HOST": f"unix://{path}"})
+        off = await detected(
+            {
+                "detectors": ["docker"],
+                "docker": {"resource_attributes": {"os.type": {"enabled": False}}},
+            },
+            {"DOCKER_HOST": f"unix://{path}"},
+        )
+    assert found == {"service.name": "checkout", "host.name": "docker-host-1", "os.type": "linux"}
+    assert "os.type" not in off
+    assert daemon.requests == ["/info", "/info"]
+
+
+async def test_without_a_docker_daemon_the_docker_detector_adds_nothing(tmp_path, caplog):
+    gone = {"DOCKER_HOST": f"unix://{tmp_path / 'no.sock'}"}
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = {"DOCKER_HOST": f"tcp://127.0.0.1:{closed.getsockname()[1]}"}
+    with caplog.at_level(logging.WARNING):
+        assert await detected({"detectors": ["docker"]}, gone) == {"service.name": "checkout"}
+        assert await detected({"detectors": ["docker"]}, refused) == {"service.name": "checkout"}
+    assert "resource detection" not in caplog.text
+
+
+async def test_a_docker_daemon_that_fails_is_one_warning(tmp_path, caplog):
+    path = str(tmp_path / "docker.sock")
+    async with DockerDaemon(path, status=500):
+        with caplog.at_level(logging.WARNING):
+            found = await detected({"detectors": ["docker"]}, {"DOCKER_HOST": f"unix://{path}"})
+    assert found == {"service.name": "checkout"}
+    assert "resource detection: docker failed: GET http://docker/info: HTTP 500" in caplog.text

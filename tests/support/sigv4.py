@@ -2,7 +2,8 @@
 credentials, as AWS endpoints do: it recomputes each signature with botocore from what arrived
 on the wire (method, path, query, the signed headers' values, X-Amz-Date and the body) and
 answers 403 with the reason when it does not match, the key is unknown, the session token is
-missing or wrong, or the date is more than 5 minutes off; 200 otherwise.
+missing or wrong, or the date is more than 5 minutes off; 200 otherwise, with the JSON that
+`answers` holds for the path, if any.
 
     async with SigV4Endpoint({"AKID": ("secret", "token")}) as endpoint:
         ... endpoint.url ...; endpoint.accepted (method, path, headers, body)
@@ -33,8 +34,13 @@ _MAX_SKEW_S = 300
 
 
 class SigV4Endpoint:
-    def __init__(self, keys: dict[str, tuple[str, str | None]] | KeyLookup) -> None:
+    def __init__(
+        self,
+        keys: dict[str, tuple[str, str | None]] | KeyLookup,
+        answers: dict[str, dict] | None = None,
+    ) -> None:
         self.lookup: KeyLookup = keys.get if isinstance(keys, dict) else keys
+        self.answers = answers or {}
         self.accepted: list[tuple[str, str, dict[str, str], bytes]] = []
         self.refused: list[str] = []
         self.scopes: list[tuple[str, str]] = []  # (service, region) of accepted requests
@@ -63,6 +69,8 @@ class SigV4Endpoint:
             self.refused.append(problem)
             return web.json_response({"message": problem}, status=403)
         self.accepted.append((request.method, request.path_qs, dict(request.headers), body))
+        if request.path in self.answers:
+            return web.json_response(self.answers[request.path])
         return web.Response(status=200)
 
     def _check(self, request: web.Request, body: bytes) -> str | None:

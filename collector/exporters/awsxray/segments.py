@@ -5,7 +5,9 @@ SERVER or CONSUMER span, or one without a local parent), else a subsegment sent 
 (`type: subsegment` with `trace_id` and `parent_id`). Span attributes become the `http`, `sql`
 and `aws` blocks where X-Ray has them, annotations (searchable) when indexed, metadata
 otherwise; errors become `error` / `throttle` / `fault` and exception events the `cause`.
-coldtail's cold-start and latency-tail tags are always annotations.
+coldtail's cold-start and latency-tail tags are always annotations. What the awsxray receiver
+took from X-Ray documents returns where it came from: its annotations (`aws.xray.annotations`)
+as annotations, its metadata namespaces (`aws.xray.metadata.<namespace>`) as namespaces.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator, Mapping
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from collector.aws.xray import ANNOTATIONS, METADATA_PREFIX
 from collector.core.attributes import (
     COLD_START,
     COLD_START_SOURCE,
@@ -124,20 +127,27 @@ class SegmentWriter:
         if annotations:
             document["annotations"] = annotations
         if metadata:
-            document["metadata"] = {"default": metadata}
+            document["metadata"] = metadata
         return document
 
     def _split(self, attributes: Mapping[str, object], used: set[str]) -> tuple[dict, dict]:
-        annotations, metadata = {}, {}
+        """(annotations, metadata by namespace). Attributes that came from X-Ray (the awsxray
+        receiver's) return to where they were: annotations, or their metadata namespace."""
+        annotated = attributes.get(ANNOTATIONS)
+        indexed = self.indexed | set(annotated) if isinstance(annotated, list) else self.indexed
+        annotations: dict = {}
+        metadata: dict = {}
         for key, value in attributes.items():
-            if key in used:
+            if key in used or key == ANNOTATIONS:
                 continue
-            if (self.index_all or key in self.indexed) and isinstance(value, str | int | float):
+            if (self.index_all or key in indexed) and isinstance(value, str | int | float):
                 annotations[_ANNOTATION_KEY.sub("_", key)[:500]] = (
                     value[:1000] if isinstance(value, str) else value
                 )
+            elif key.startswith(METADATA_PREFIX) and isinstance(value, str):
+                metadata[key.removeprefix(METADATA_PREFIX)] = _json_or_text(value)
             else:
-                metadata[key] = value
+                metadata.setdefault("default", {})[key] = value
         return annotations, metadata
 
     def _aws(self, resource: Mapping[str, object]) -> dict:
@@ -174,6 +184,13 @@ def _name(
         )
     cleaned = _NAME.sub("_", str(name)).strip()[:200]
     return cleaned or "unknown"
+
+
+def _json_or_text(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _seconds(ns: int) -> float:

@@ -176,6 +176,36 @@ async def ec2(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Att
     return {k: v for k, v in attributes.items() if v is not None and enabled(k)}
 
 
+_DOCKER_SOCKET = "unix:///var/run/docker.sock"
+
+
+async def docker(environ: Mapping[str, str], enabled: Callable[[str], bool]) -> Attributes:
+    """host.name and os.type of the host whose Docker daemon runs the collector's container,
+    from the Docker Engine API's `GET /info` at DOCKER_HOST (a unix:// socket or tcp://
+    address; default unix:///var/run/docker.sock); nothing where no daemon answers, as on
+    Fargate, where no container reaches one."""
+    address = environ.get("DOCKER_HOST") or _DOCKER_SOCKET
+    connector: aiohttp.BaseConnector
+    if address.startswith("unix://"):
+        path = address.removeprefix("unix://")
+        if not Path(path).exists():
+            return {}
+        connector, base = aiohttp.UnixConnector(path=path), "http://docker"
+    elif address.startswith("tcp://"):
+        connector, base = aiohttp.TCPConnector(), "http://" + address.removeprefix("tcp://")
+    else:
+        raise DetectionError(f"DOCKER_HOST {address!r}: expected unix:// or tcp://")
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        try:
+            info = await _document(session, f"{base}/info")
+        except DetectionError as e:
+            if isinstance(e.__cause__, aiohttp.ClientConnectionError | OSError):
+                return {}  # a socket nobody listens on
+            raise
+    attributes = {"host.name": info.get("Name"), "os.type": info.get("OSType")}
+    return {k: v for k, v in attributes.items() if isinstance(v, str) and v and enabled(k)}
+
+
 async def _read(
     session: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
 ) -> str:
@@ -209,4 +239,5 @@ DETECTORS: dict[str, Detector] = {
     "lambda": aws_lambda,
     "ecs": ecs,
     "ec2": ec2,
+    "docker": docker,
 }

@@ -54,11 +54,12 @@ class SystemConfig(DetectorConfig):
 
 
 class Config(ComponentConfig):
-    detectors: list[Literal["env", "system", "lambda", "ecs", "ec2"]] = ["env"]
+    detectors: list[Literal["env", "system", "lambda", "ecs", "ec2", "docker"]] = ["env"]
     """Detectors in order: `env` (OTEL_RESOURCE_ATTRIBUTES), `system` (host.name, os.type),
     `lambda` (the function's cloud.*, faas.*, aws.log.*), `ecs` (the task and container from the
     ECS Task Metadata Endpoint v4), `ec2` (the instance from the instance metadata service,
-    IMDSv2). Default [env]."""
+    IMDSv2), `docker` (the Docker host's host.name and os.type, from its daemon at
+    DOCKER_HOST). Default [env]."""
     override: bool = True
     """Whether detected attributes replace the ones a resource already has (default true);
     false keeps what the sender set."""
@@ -72,6 +73,8 @@ class Config(ComponentConfig):
     """Options of the `ecs` detector."""
     ec2: DetectorConfig = Field(default_factory=DetectorConfig)
     """Options of the `ec2` detector (instance `tags` are not read: that needs the EC2 API)."""
+    docker: DetectorConfig = Field(default_factory=DetectorConfig)
+    """Options of the `docker` detector."""
 
 
 class ResourceDetectionProcessor(Processor):
@@ -119,6 +122,7 @@ async def detect(config: Config, environ: Mapping[str, str], log) -> Attributes:
         "lambda": {"enabled": config.lambda_.enabled()},
         "ecs": {"enabled": config.ecs.enabled()},
         "ec2": {"enabled": config.ec2.enabled()},
+        "docker": {"enabled": config.docker.enabled()},
     }
     found: Attributes = {}
     deadline = asyncio.get_running_loop().time() + config.timeout
