@@ -119,25 +119,47 @@ async def test_stdout_prints_one_json_line_per_event_without_an_api_call(capsys)
     assert lines[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Lambda"
 
 
+DECLARED = {
+    "output_destination": "stdout",
+    "sending_queue": {"enabled": False},
+    "retain_initial_value_of_delta_metric": True,
+    "resource_to_telemetry_conversion": {"enabled": True},
+    "dimension_rollup_option": "NoDimensionRollup",
+    "metric_declarations": [
+        {
+            "dimensions": [["service.name", "route"], ["container.name"]],
+            "metric_name_selectors": ["^http\\.requests$"],
+        },
+        {"metric_name_selectors": ["^http\\.duration$"]},  # no dimension set: logs only
+    ],
+}
+
+
 async def test_declarations_select_metrics_and_their_dimension_sets(capsys):
-    config = {
-        "output_destination": "stdout",
-        "sending_queue": {"enabled": False},
-        "retain_initial_value_of_delta_metric": True,
-        "resource_to_telemetry_conversion": {"enabled": True},
-        "metric_declarations": [
-            {
-                "dimensions": [["service.name", "route"], ["container.name"]],
-                "metric_name_selectors": ["^http\\.requests$"],
-            }
-        ],
-    }
-    await export(config, metrics(7, 1, 10.0, int(time.time())))
-    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    await export(DECLARED, metrics(7, 1, 10.0, int(time.time())))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    metric_events = [line for line in lines if "_aws" in line]
+    [line] = [line for line in metric_events if "http.requests" in line]
     [directive] = line["_aws"]["CloudWatchMetrics"]
     # container.name is not a label of the point: that set is left out.
     assert directive["Dimensions"] == [["service.name", "route"]]
+    assert directive["Metrics"] == [{"Name": "http.requests", "Unit": "Count"}]
     assert (line["http.requests"], line["service.name"]) == (7, "checkout")
+    # Metrics no declaration gives a dimension set stay in the log events, as values only.
+    assert set(by_metric(metric_events)) == {"http.requests"}
+    values = {key for line in lines for key in line}
+    assert {"memory.used", "http.duration"} <= values
+
+
+async def test_declarations_add_the_rollup_sets_of_the_metrics_they_select(capsys):
+    config = {**DECLARED, "dimension_rollup_option": "ZeroAndSingleDimensionRollup"}
+    await export(config, metrics(7, 1, 10.0, int(time.time())))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    selected = by_metric([line for line in lines if "_aws" in line])
+    assert set(selected) == {"http.requests", "http.duration"}
+    dimensions = selected["http.requests"]["directive"]["Dimensions"]
+    assert dimensions[0] == ["service.name", "route"]
+    assert ["OTelLib"] in dimensions and ["OTelLib", "route"] in dimensions
 
 
 async def test_without_rollup_only_all_labels_form_a_dimension_set(capsys):

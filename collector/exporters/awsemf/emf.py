@@ -149,31 +149,40 @@ class EmfWriter:
         return labels
 
     def _dimension_sets(self, name: str, labels: Mapping[str, str]) -> list[list[str]] | None:
-        if self.declarations:
-            sets = [
-                dims
-                for declaration in self.declarations
-                if declaration.matches(name)
-                for dims in declaration.dimensions
-                if all(d in labels for d in dims)
-            ]
-            return sets or None  # metrics no declaration selects are not sent
+        """The metric's dimension sets; None makes it no CloudWatch metric, though its value
+        stays in the log event, as the OTel Collector's exporter keeps it."""
         keys = sorted(k for k in labels if k != SCOPE_DIMENSION)
         scope = [SCOPE_DIMENSION] if SCOPE_DIMENSION in labels else []
-        sets = [scope + keys]
+        if self.declarations:
+            matched = [d for d in self.declarations if d.matches(name)]
+            if not matched:
+                return None
+            sets = [
+                dims
+                for declaration in matched
+                for dims in declaration.dimensions
+                if dims and all(d in labels for d in dims)
+            ]
+            sets += self._rollup(scope, keys, all_singles=True)
+        else:
+            sets = [scope + keys, *self._rollup(scope, keys, all_singles=len(keys) > 1)]
+        unique = list({tuple(s[:MAX_DIMENSIONS]): None for s in sets if s})
+        return [list(s) for s in unique] or None
+
+    def _rollup(self, scope: list[str], keys: list[str], all_singles: bool) -> list[list[str]]:
+        """The rolled-up sets `dimension_rollup_option` adds: none, and one per label."""
+        sets = []
         if self.rollup == "ZeroAndSingleDimensionRollup" and keys:
             sets.append(scope)
-        if (
-            self.rollup in ("ZeroAndSingleDimensionRollup", "SingleDimensionRollup")
-            and len(keys) > 1
-        ):
+        if self.rollup != "NoDimensionRollup" and all_singles:
             sets += [[*scope, key] for key in keys]
-        return [s[:MAX_DIMENSIONS] for s in sets if s]
+        return sets
 
     def _document(self, event: _Event, namespace: str) -> dict | None:
         directives = []
         values = {}
         for name, value in event.values.items():
+            values[name] = value
             sets = self._dimension_sets(name, event.labels)
             if sets is None:
                 continue
@@ -181,9 +190,10 @@ class EmfWriter:
             if name in event.units:
                 metric["Unit"] = event.units[name]
             directives.append({"Namespace": namespace, "Dimensions": sets, "Metrics": [metric]})
-            values[name] = value
-        if not directives:
+        if not values:
             return None
+        if not directives:  # a log event only
+            return {**event.labels, **values}
         return {
             "_aws": {"Timestamp": event.timestamp_ms, "CloudWatchMetrics": directives},
             **event.labels,

@@ -41,7 +41,7 @@ _RETRYABLE_CODES = frozenset({"ResourceNotFoundException", "ServiceUnavailableEx
 class MetricDeclaration(ComponentConfig):
     dimensions: list[list[str]] = Field(default_factory=list)
     """Dimension sets for the selected metrics; a set is used when the data point has every
-    label in it."""
+    label in it (default empty = only the rollup's sets)."""
     metric_name_selectors: list[str] = Field(min_length=1)
     """Regular expressions (re.search) on metric names; at least one. Required."""
 
@@ -73,11 +73,12 @@ class Config(SenderConfig):
     dimension_rollup_option: Literal[
         "NoDimensionRollup", "SingleDimensionRollup", "ZeroAndSingleDimensionRollup"
     ] = "ZeroAndSingleDimensionRollup"
-    """Dimension sets besides all labels together: none, each label alone, or also no label
-    (default ZeroAndSingleDimensionRollup). Ignored for metrics a declaration selects."""
+    """Dimension sets besides all labels together (or besides a declaration's sets): none,
+    each label alone, or also no label (default ZeroAndSingleDimensionRollup)."""
     metric_declarations: list[MetricDeclaration] = Field(default_factory=list)
-    """When set, only the metrics they select are sent, with their dimension sets (default
-    empty = every metric, with the rollup's)."""
+    """When set, only the metrics they select become CloudWatch metrics, with their dimension
+    sets and the rollup's; the others' values stay in the log events (default empty = every
+    metric, with all its labels and the rollup's sets)."""
     resource_to_telemetry_conversion: ResourceToTelemetry = Field(
         default_factory=ResourceToTelemetry
     )
