@@ -25,6 +25,8 @@ from collector.core.pdata import REJECTED_FIELDS, count_items
 from collector.core.signals import ITEM_NAMES, Signal
 
 Push = Callable[[object], Awaitable[None]]
+# Once shutting down, retries wait at most this long: the shutdown timeout is the budget left.
+_SHUTDOWN_RETRY_S = 0.5
 
 
 class QueueConfig(ComponentConfig):
@@ -150,6 +152,7 @@ class Sender:
         self._workers: list[asyncio.Task] = []
         self._in_flight = 0  # items the consumers are sending right now
         self._closed = False
+        self._closing = asyncio.Event()  # wakes retries asleep in their backoff
 
     def start(self) -> None:
         if self._queue is None or self._workers or self._closed:
@@ -178,8 +181,10 @@ class Sender:
 
     async def shutdown(self) -> None:
         """Refuse new batches, send everything queued, then stop the consumers. If cancelled
-        (the service's shutdown timeout), drop what is left and stop at once."""
+        (the service's shutdown timeout), drop what is left and stop at once. Retries asleep
+        in their backoff wake and try again at once."""
         self._closed = True
+        self._closing.set()
         queue = self._queue
         if queue is None or not self._workers:
             return
@@ -267,8 +272,15 @@ class Sender:
                 delay = max(backoff.next(), e.retry_after or 0.0)
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise
+                if self._closed:
+                    delay = min(delay, _SHUTDOWN_RETRY_S)
                 self._log.info(f"exporting failed, will retry in {format_duration(delay)}: {e}")
-                await asyncio.sleep(delay)
+                if self._closed:
+                    await asyncio.sleep(delay)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._closing.wait()
 
     async def _attempt(self, batch) -> None:
         if not self._timeout:

@@ -2,8 +2,13 @@
 `send_batch_size` items are held or `timeout` has passed, as the OTel Collector's batch processor
 does. Requests above `send_batch_max_size` items are split.
 
-Data is acknowledged once held: errors of the next consumer on a flush are logged, not returned
-to the sender (as in the Collector).
+Data is acknowledged once held, and never dropped for being refused for a while: when the next
+consumer refuses a send with a retryable error (an exporter's full sending queue, a memory
+limit), the batch is held again and retried with a growing delay, and while it is held new data
+is refused with a retryable error (the receiver answers 503 / UNAVAILABLE, so the client retries)
+instead of piling up. Only a permanent error of the next consumer drops a batch, logged and
+counted as the exporter counts it. At shutdown held data is sent until the service's shutdown
+timeout; what is still held then is logged as dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pydantic import Field, model_validator
 
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
-from collector.core.consumer import Consumer
+from collector.core.consumer import Consumer, RetryableError
 from collector.core.pdata import (
     LEVELS,
     Encoded,
@@ -55,6 +60,11 @@ class Config(ComponentConfig):
         return self
 
 
+# Delay before a refused batch is offered again, doubling up to the maximum.
+_RETRY_FIRST_S = 0.1
+_RETRY_MAX_S = 5.0
+
+
 class BatchProcessor(Processor):
     # Held batches become (and are merged into) the outgoing requests, so each must be ours.
     mutates_data = True
@@ -69,6 +79,8 @@ class BatchProcessor(Processor):
         self._timer: asyncio.Task | None = None
         self._stopping = False
         self._encoded = False  # whether held data is kept as Encoded, decided at start
+        # Set while the next consumer refuses: the delay before the held data is offered again.
+        self._refused_for: float | None = None
 
     @property
     def accepts_encoded(self) -> bool:
@@ -88,8 +100,17 @@ class BatchProcessor(Processor):
             self._wake.set()
             await self._timer
             self._timer = None
-        if self._held:
-            await self._send(self._take(everything=True))
+        try:
+            while self._held:
+                await self._send(self._take(everything=True))
+                if self._refused_for is not None:
+                    await asyncio.sleep(self._refused_for)
+        finally:
+            if self._held:  # the service's shutdown timeout cancelled the retries
+                self.log.error(
+                    "batch dropped at shutdown: the next consumer kept refusing it",
+                    extra={"kv": {"items": self._held_items}},
+                )
 
     async def flush(self) -> None:
         """Send everything held now (the Lambda extension does this before each freeze)."""
@@ -105,6 +126,11 @@ class BatchProcessor(Processor):
             for chunk in self._split(batch):
                 await self.forward(chunk)
             return
+        if self._refused_for is not None:
+            raise RetryableError(
+                "the batch processor holds data the next consumer refused",
+                retry_after=self._refused_for,
+            )
         if not self._held:
             self._deadline = asyncio.get_running_loop().time() + self.config.timeout
             self._wake.set()
@@ -157,14 +183,26 @@ class BatchProcessor(Processor):
         return split_batch(batch, limit) if limit else [batch]
 
     async def _send(self, chunks: list) -> None:
-        for chunk in chunks:
+        """Forward `chunks` in order; when one is refused for now, hold it and the rest again,
+        ahead of what arrived meanwhile, and offer them after a delay."""
+        for i, chunk in enumerate(chunks):
             try:
                 await self.forward(chunk)
+            except RetryableError as exc:
+                back = chunks[i:]
+                self._held[:0] = back
+                self._held_items += sum(count_items(c) for c in back)
+                delay = min(2 * (self._refused_for or _RETRY_FIRST_S / 2), _RETRY_MAX_S)
+                self._refused_for = max(delay, exc.retry_after or 0.0)
+                self._deadline = asyncio.get_running_loop().time() + self._refused_for
+                self._wake.set()
+                return
             except Exception as exc:
                 self.log.error(
                     "batch dropped: the next consumer failed",
                     extra={"kv": {"items": count_items(chunk), "error": repr(exc)}},
                 )
+            self._refused_for = None
 
 
 def split_batch(batch, limit: int) -> list:

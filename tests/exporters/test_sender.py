@@ -218,6 +218,23 @@ async def test_shutdown_keeps_retrying_until_cancelled(caplog):
     assert all(task.done() for task in asyncio.all_tasks() if task.get_name().startswith("sender"))
 
 
+async def test_shutdown_wakes_a_retry_asleep_in_its_backoff():
+    """A batch waiting out a long backoff when the backend returns is sent at shutdown at once,
+    not dropped when the shutdown timeout ends the wait."""
+    backend = Backend(RetryableError("down"))
+    slow = {"initial_interval": "60s", "max_interval": "60s", "randomization_factor": 0}
+    h = Harness(backend, retry_on_failure=slow)
+    h.sender.start()
+    await h.sender.send(make_traces(4))
+    async with asyncio.timeout(5):
+        while backend.attempts < 1:
+            await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await asyncio.wait_for(h.sender.shutdown(), 5)
+    assert time.monotonic() - started < 2
+    assert h.count("sent") == 4 and backend.attempts == 2
+
+
 async def test_shutdown_without_start_is_safe():
     h = Harness(Backend())
     await h.sender.shutdown()

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from collector.core.consumer import RetryableError
+from collector.core.consumer import PermanentError, RetryableError
 from collector.core.pdata import (
     count_items,
     get_attr,
@@ -16,7 +16,7 @@ from collector.core.signals import Signal
 from collector.processors.batch import Config, factory, split_batch
 from tests.processors import make_processor, processor_metric
 from tests.support.builders import make_logs, make_metrics, make_traces
-from tests.support.sinks import ErrorConsumer
+from tests.support.sinks import ErrorConsumer, SinkConsumer
 
 
 def test_defaults_are_the_collectors():
@@ -122,13 +122,66 @@ async def test_zero_timeout_sends_at_once_and_reports_errors():
     await processor.shutdown()
 
 
-async def test_downstream_error_on_flush_is_logged_not_raised(caplog):
+async def test_a_permanent_error_on_flush_is_logged_not_raised(caplog):
     processor, _ = make_processor(factory, {"send_batch_size": 2, "timeout": "1h"})
-    processor.next = ErrorConsumer(RetryableError("backend down"))
+    processor.next = ErrorConsumer(PermanentError("the backend rejected the data"))
     with caplog.at_level(logging.ERROR):
         await processor.consume(make_traces(2))
     assert "the next consumer failed" in caplog.text
     await processor.shutdown()
+
+
+class RefusingConsumer(SinkConsumer):
+    """Refuses with a retryable error (a full sending queue) until `open` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = False
+        self.refusals = 0
+
+    async def consume(self, batch) -> None:
+        if not self.open:
+            self.refusals += 1
+            raise RetryableError("sending queue is full")
+        await super().consume(batch)
+
+
+async def test_held_data_refused_downstream_is_kept_retried_and_new_data_refused():
+    processor, _ = make_processor(factory, {"send_batch_size": 3, "timeout": "10ms"})
+    downstream = RefusingConsumer()
+    processor.next = downstream
+    await processor.start(None)
+    await processor.consume(make_traces(3, resource={"service.name": "first"}))  # held: acked
+    assert downstream.refusals == 1
+    second = make_traces(2, resource={"service.name": "second"})
+    with pytest.raises(RetryableError, match="refused") as refused:
+        await processor.consume(second)
+    assert refused.value.retry_after and refused.value.retry_after > 0
+    await asyncio.sleep(0.5)
+    assert downstream.refusals > 1  # offered again, with a delay between
+    downstream.open = True
+    await downstream.wait_for(3, timeout=10)
+    await processor.consume(second)  # accepted again
+    await processor.shutdown()
+    services = [key[0] for key in item_keys(downstream.batches)]
+    assert services == ["first"] * 3 + ["second"] * 2
+
+
+async def test_at_shutdown_refused_data_is_offered_until_accepted():
+    processor, _ = make_processor(factory, {"send_batch_size": 100, "timeout": "1h"})
+    downstream = RefusingConsumer()
+    processor.next = downstream
+    await processor.start(None)
+    await processor.consume(make_traces(4))
+    await processor.flush()  # refused: held again
+    assert downstream.refusals == 1 and downstream.item_count == 0
+
+    async def reopen():
+        await asyncio.sleep(0.3)
+        downstream.open = True
+
+    await asyncio.gather(processor.shutdown(), reopen())
+    assert downstream.item_count == 4
 
 
 async def test_concurrent_producers_lose_nothing():

@@ -46,5 +46,5 @@ class Processor:
         n = count_items(batch)
         if n == 0:
             return
-        self._outgoing.inc(n)
         await self.next.consume(batch)
+        self._outgoing.inc(n)
