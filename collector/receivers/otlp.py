@@ -34,6 +34,7 @@ from collector.core.pdata import (
     RESPONSE_TYPES,
     Encoded,
     accepts_encoded,
+    check_ids,
     count_items,
 )
 from collector.core.signals import Signal
@@ -373,7 +374,8 @@ class OtlpReceiver:
 
         try:
             batch = REQUEST_TYPES[signal].FromString(data)
-        except DecodeError as e:
+            check_ids(batch)
+        except (DecodeError, ValueError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
             return await self._export(signal, batch, "grpc", data)
@@ -431,6 +433,7 @@ class OtlpReceiver:
         try:
             body = await self._read_body(request)
             batch = codec.decode(body, REQUEST_TYPES[signal])
+            check_ids(batch)
         except _RequestError as e:
             return self._status_response(codec, e.http_status, str(e))
         # RecursionError: JSON nested deeper than the parser can follow.

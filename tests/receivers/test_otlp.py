@@ -362,6 +362,13 @@ async def test_empty_requests_succeed_without_reaching_the_pipeline(serve, http)
 # --- bad requests ---------------------------------------------------------------------------
 
 TRUNCATED = make_traces(2).SerializeToString()[:-7]
+
+
+def with_id(field: str, size: int) -> bytes:
+    """A request of two spans, the second with a `field` of `size` bytes."""
+    batch = make_traces(2)
+    setattr(batch.resource_spans[0].scope_spans[0].spans[1], field, b"\x01" * size)
+    return batch.SerializeToString()
 BAD_BODIES = {
     "garbage protobuf": (PROTOBUF, {}, b"\xff\xfe not protobuf \x00\x01"),
     "truncated protobuf": (PROTOBUF, {}, TRUNCATED),
@@ -381,6 +388,29 @@ BAD_BODIES = {
         gzip.compress(make_traces(1).SerializeToString())[:-10],
     ),
     "unknown content encoding": (PROTOBUF, {"content_encoding": "br"}, b""),
+    "json lone surrogate in a key": (
+        JSON,
+        {},
+        b'{"resourceSpans":[{"resource":{"attributes":[{"key":"\\ud800",'
+        b'"value":{"stringValue":"x"}}]}}]}',
+    ),
+    "json short trace id": (
+        JSON,
+        {},
+        b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"abcd",'
+        b'"spanId":"eee19b7ec3c1b174"}]}]}]}',
+    ),
+    **{
+        f"protobuf {field} of {size} bytes": (PROTOBUF, {}, with_id(field, size))
+        for field, size in [
+            ("trace_id", 0),
+            ("trace_id", 5),
+            ("trace_id", 33),
+            ("span_id", 0),
+            ("span_id", 9),
+            ("parent_span_id", 5),
+        ]
+    },
 }
 
 
@@ -397,6 +427,17 @@ async def test_undecodable_http_body_is_400_with_status(serve, http, case):
     assert rpc.message
     assert sink.batches == []
     await assert_still_serving(receiver, sink, http)
+
+
+async def test_a_log_record_with_a_wrong_length_span_id_is_400(serve, http):
+    sink = SinkConsumer()
+    receiver = await serve({Signal.LOGS: sink})
+    logs = make_logs(2)
+    logs.resource_logs[0].scope_logs[0].log_records[1].span_id = b"12345"
+    status, _, response = await post(http, receiver, logs.SerializeToString(), path="/v1/logs")
+    assert status == 400
+    assert "log record span_id: 5 bytes" in decode_status(response, PROTOBUF).message
+    assert sink.batches == []
 
 
 async def test_wrong_content_type_is_415(serve, http):
@@ -496,7 +537,7 @@ async def test_grpc_undecodable_is_invalid_argument(serve, http):
     receiver = await serve({Signal.TRACES: sink})
     async with grpc.aio.insecure_channel(receiver.grpc_endpoint) as channel:
         export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
-        for garbage in (b"\xff\xfe\xfd", TRUNCATED):
+        for garbage in (b"\xff\xfe\xfd", TRUNCATED, with_id("trace_id", 5)):
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await export(garbage)
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
