@@ -369,6 +369,8 @@ def with_id(field: str, size: int) -> bytes:
     batch = make_traces(2)
     setattr(batch.resource_spans[0].scope_spans[0].spans[1], field, b"\x01" * size)
     return batch.SerializeToString()
+
+
 BAD_BODIES = {
     "garbage protobuf": (PROTOBUF, {}, b"\xff\xfe not protobuf \x00\x01"),
     "truncated protobuf": (PROTOBUF, {}, TRUNCATED),
