@@ -72,3 +72,40 @@ def test_valid_config_resolves_ids_aliases_and_named_pipelines():
 def test_shipped_configs_are_valid_without_warnings(name):
     raw = load([str(Path(__file__).parents[1] / "config" / name)], env={})
     assert validate(raw, registry()).warnings == []
+
+
+def test_a_misplaced_secret_is_not_echoed_in_the_error():
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": None}}},
+        "exporters": {
+            "otlphttp": {"endpoint": "https://otlp.example.com", "headers": "Bearer s3cr3t"}
+        },
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlphttp"]}}},
+    }
+    with pytest.raises(ConfigError) as info:
+        validate(config, registry())
+    assert [str(e) for e in info.value.errors] == [
+        "exporters::otlphttp::headers: expected a map, got a string"
+    ]
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_an_empty_listening_host_is_loopback_and_every_interface_must_be_named():
+    config = validate(
+        {
+            "receivers": {
+                "otlp": {
+                    "protocols": {
+                        "grpc": {"endpoint": ":4317"},
+                        "http": {"endpoint": "0.0.0.0:4318"},
+                    }
+                }
+            },
+            "exporters": {"debug": None},
+            "service": {"pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["debug"]}}},
+        },
+        registry(),
+    )
+    protocols = config.component(Kind.RECEIVER, ComponentID("otlp", ""))[1].protocols
+    assert protocols.grpc.endpoint == "127.0.0.1:4317"
+    assert protocols.http.endpoint == "0.0.0.0:4318"

@@ -181,9 +181,15 @@ def _pydantic_issues(
         else:
             message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             if err["type"] in ("model_type", "dict_type") and err.get("input") is not None:
-                message = f"expected a map, got {err['input']!r}"
+                # The type, not the value: a misplaced value may be a secret.
+                message = f"expected a map, got {_kind_of(err['input'])}"
         issues.append(ConfigIssue(path, message))
     return issues
+
+
+def _kind_of(value: object) -> str:
+    kinds = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -71,8 +71,15 @@ def parse_endpoint(value: object) -> str:
     return value
 
 
+def parse_listen_endpoint(value: object) -> str:
+    """host:port to listen on; an empty host (":4317") means loopback, not every interface:
+    listening beyond the machine must be asked for by name (0.0.0.0)."""
+    endpoint = parse_endpoint(value)
+    return "127.0.0.1" + endpoint if endpoint.startswith(":") else endpoint
+
+
 # "host:port" for a listener.
-ListenEndpoint = Annotated[str, BeforeValidator(parse_endpoint)]
+ListenEndpoint = Annotated[str, BeforeValidator(parse_listen_endpoint)]
 
 
 class ComponentConfig(BaseModel):
