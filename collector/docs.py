@@ -11,7 +11,7 @@ import types
 import typing
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -46,6 +46,8 @@ def _default(field: FieldInfo) -> str:
         return ""
     if _is_duration(field) and isinstance(value, int | float):
         return f"`{format_duration(value)}`"
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
     if value in ([], {}, ""):
         return "empty"
     if isinstance(value, bool):

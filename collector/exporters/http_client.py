@@ -6,47 +6,13 @@ from __future__ import annotations
 import email.utils
 import ssl
 import time
-from collections.abc import Mapping
-from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from collector.core.component import ComponentID, Host
-from collector.core.config_types import ComponentConfig
 from collector.exporters.sender import TLSClientConfig
 
 MAX_RESPONSE = 64 * 1024  # responses are small; never buffer a huge one
-
-
-class AuthConfig(ComponentConfig):
-    authenticator: str
-    """The id of the extension that authorizes each request, like `sigv4auth` (it must be
-    listed in service::extensions). Required."""
-
-
-class Authenticator(Protocol):
-    """An extension that authorizes outgoing HTTP requests."""
-
-    async def authorize(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes
-    ) -> dict[str, str]:
-        """Headers to add to the request (a signature over the others and the body)."""
-        ...
-
-
-def authenticator(host: Host, auth: AuthConfig | None) -> Authenticator | None:
-    """The extension `auth` names, None without `auth`; ValueError when it is not a running
-    authenticator."""
-    if auth is None:
-        return None
-    extension = host.extension(ComponentID.parse(auth.authenticator))
-    if extension is None or not hasattr(extension, "authorize"):
-        raise ValueError(
-            f"auth::authenticator: {auth.authenticator!r} is not an authenticator extension "
-            "listed in service::extensions"
-        )
-    return cast(Authenticator, extension)
 
 
 class TLSConfig(TLSClientConfig):

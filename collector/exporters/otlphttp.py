@@ -17,16 +17,14 @@ from google.rpc import status_pb2
 from pydantic import Field, field_validator, model_validator
 
 from collector.core import otlpjson
+from collector.core.auth import AuthConfig, ClientAuthenticator, client_authenticator
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig
 from collector.core.consumer import PermanentError, RetryableError
 from collector.core.pdata import RESPONSE_TYPES, Encoded
 from collector.core.signals import Signal
 from collector.exporters.http_client import (
-    AuthConfig,
-    Authenticator,
     TLSConfig,
-    authenticator,
     client_session,
     parse_retry_after,
     read_body,
@@ -122,12 +120,12 @@ class OTLPHTTPExporter(Exporter[Config]):
         if config.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"
         self._session: aiohttp.ClientSession | None = None
-        self._auth: Authenticator | None = None
+        self._auth: ClientAuthenticator | None = None
         # Protobuf requests can go out as the bytes a batch processor concatenated (pdata.Encoded).
         self.accepts_encoded = config.encoding == "proto"
 
     async def start(self, host) -> None:
-        self._auth = authenticator(host, self.config.auth)
+        self._auth = client_authenticator(host, self.config.auth)
         await super().start(host)
 
     async def connect(self) -> None:

@@ -20,16 +20,14 @@ import cramjam
 from google.protobuf.message import Message
 from pydantic import Field, field_validator
 
+from collector.core.auth import AuthConfig, ClientAuthenticator, client_authenticator
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig
 from collector.core.consumer import PermanentError, RetryableError
 from collector.core.signals import Signal
 from collector.exporters import promnames, prompb
 from collector.exporters.http_client import (
-    AuthConfig,
-    Authenticator,
     TLSConfig,
-    authenticator,
     client_session,
     parse_retry_after,
     read_body,
@@ -137,12 +135,12 @@ class PrometheusRemoteWriteExporter(Exporter[Config]):
             target_info=config.target_info.enabled,
         )
         self._headers = {**config.headers, **_HEADERS}
-        self._auth: Authenticator | None = None
+        self._auth: ClientAuthenticator | None = None
         self._session: aiohttp.ClientSession | None = None
         self._skip_log = promnames.SkipLog(self.log)
 
     async def start(self, host) -> None:
-        self._auth = authenticator(host, self.config.auth)
+        self._auth = client_authenticator(host, self.config.auth)
         await super().start(host)
 
     async def connect(self) -> None:

@@ -23,6 +23,12 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from collector.core import otlpjson
+from collector.core.auth import (
+    AuthConfig,
+    ServerAuthenticator,
+    Unauthenticated,
+    server_authenticator,
+)
 from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, ListenEndpoint
 from collector.core.consumer import Consumer, PermanentError, RetryableError
@@ -38,6 +44,7 @@ from collector.core.pdata import (
     count_items,
 )
 from collector.core.signals import Signal
+from collector.core.tls import ServerTLS, TLSServerConfig, grpc_server_credentials
 
 if TYPE_CHECKING:
     import grpc
@@ -99,6 +106,13 @@ class GrpcConfig(ComponentConfig):
     """Most concurrent streams (requests) per client connection. Default 0: the gRPC default
     (no limit)."""
 
+    tls: TLSServerConfig | None = None
+    """TLS, and with `client_ca_file` mutual TLS (default none: plaintext)."""
+
+    auth: AuthConfig | None = None
+    """Requests authenticated by an extension, as `{authenticator: bearertokenauth}`; others
+    get UNAUTHENTICATED (default none)."""
+
 
 class HttpConfig(ComponentConfig):
     endpoint: ListenEndpoint = "127.0.0.1:4318"
@@ -122,6 +136,13 @@ class HttpConfig(ComponentConfig):
 
     cors: Annotated[CorsConfig, _Defaulted] = Field(default_factory=CorsConfig)
     """Cross-origin (browser) access. Default: off."""
+
+    tls: TLSServerConfig | None = None
+    """TLS, and with `client_ca_file` mutual TLS (default none: plaintext)."""
+
+    auth: AuthConfig | None = None
+    """Requests authenticated by an extension, as `{authenticator: bearertokenauth}`; others
+    get 401 (default none)."""
 
     @model_validator(mode="after")
     def _distinct_paths(self) -> HttpConfig:
@@ -185,6 +206,7 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 _HTTP_TO_RPC_CODE = {
     400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
     413: code_pb2.RESOURCE_EXHAUSTED,
     500: code_pb2.INTERNAL,
     503: code_pb2.UNAVAILABLE,
@@ -270,6 +292,9 @@ class OtlpReceiver:
         self.http_endpoint: str | None = None
         self._grpc_server: grpc.aio.Server | None = None
         self._http_runner: web.AppRunner | None = None
+        self._http_tls: ServerTLS | None = None
+        self._grpc_auth: ServerAuthenticator | None = None
+        self._http_auth: ServerAuthenticator | None = None
         self._pass_bytes: dict[Signal, bool] = {}
         telemetry, receiver = settings.telemetry, str(settings.id)
         self._counters = {
@@ -290,6 +315,10 @@ class OtlpReceiver:
         # was decoded here to be checked and counted.
         self._pass_bytes = {signal: accepts_encoded(c) for signal, c in self.next.items()}
         protocols = self.config.protocols
+        if protocols.grpc is not None:
+            self._grpc_auth = server_authenticator(host, protocols.grpc.auth)
+        if protocols.http is not None:
+            self._http_auth = server_authenticator(host, protocols.http.auth)
         try:
             if protocols.grpc is not None:
                 self.grpc_endpoint = await self._start_grpc(protocols.grpc)
@@ -308,6 +337,9 @@ class OtlpReceiver:
         if self._http_runner is not None:
             runner, self._http_runner = self._http_runner, None
             await runner.cleanup()
+        if self._http_tls is not None:
+            await self._http_tls.stop()
+            self._http_tls = None
 
     async def _export(self, signal: Signal, batch, transport: str, data: bytes | None = None):
         """Push `batch` down the pipeline and return the export response; pipeline errors
@@ -363,7 +395,10 @@ class OtlpReceiver:
                 (grpc.method_handlers_generic_handler(GRPC_SERVICES[signal], {"Export": handler}),)
             )
         try:
-            port = server.add_insecure_port(config.endpoint)
+            if config.tls is None:
+                port = server.add_insecure_port(config.endpoint)
+            else:
+                port = server.add_secure_port(config.endpoint, grpc_server_credentials(config.tls))
         except RuntimeError as e:
             raise OSError(f"cannot listen on {config.endpoint} for OTLP/gRPC: {e}") from None
         await server.start()
@@ -372,6 +407,12 @@ class OtlpReceiver:
     async def _grpc_export(self, signal: Signal, data: bytes, context: grpc.aio.ServicerContext):
         import grpc  # already loaded by _start_grpc
 
+        if self._grpc_auth is not None:
+            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            try:
+                self._grpc_auth.authenticate(metadata)
+            except Unauthenticated as e:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
         try:
             batch = REQUEST_TYPES[signal].FromString(data)
             check_ids(batch)
@@ -408,7 +449,11 @@ class OtlpReceiver:
         )
         await runner.setup()
         host, port = split_endpoint(config.endpoint)
-        await web.TCPSite(runner, host, port).start()
+        if config.tls is not None:
+            self._http_tls = ServerTLS(config.tls)
+            self._http_tls.start()
+        context = self._http_tls.context if self._http_tls else None
+        await web.TCPSite(runner, host, port, ssl_context=context).start()
         return with_port(config.endpoint, runner.addresses[0][1])
 
     async def _http_export(self, signal: Signal, request: web.Request) -> web.StreamResponse:
@@ -418,6 +463,13 @@ class OtlpReceiver:
             and "Access-Control-Request-Method" in request.headers
         ):
             return self._cors_preflight(self._cors, request)
+        if self._http_auth is not None:
+            try:
+                # aiohttp's headers are case-insensitive; authenticators look up lower-case.
+                self._http_auth.authenticate({k.lower(): v for k, v in request.headers.items()})
+            except Unauthenticated as e:
+                answer = _CODECS.get(request.content_type, _PROTOBUF)
+                return self._status_response(answer, 401, str(e))
         if request.method != "POST":
             return web.Response(
                 status=405,

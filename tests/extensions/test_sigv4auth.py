@@ -186,6 +186,6 @@ async def test_an_exporter_naming_a_missing_authenticator_does_not_start():
         {"endpoint": "http://127.0.0.1:1", "auth": {"authenticator": "sigv4auth/missing"}}
     )
     exporter = otlphttp.factory.create(settings, config, Signal.TRACES)
-    with pytest.raises(ValueError, match="'sigv4auth/missing' is not an authenticator extension"):
+    with pytest.raises(ValueError, match="'sigv4auth/missing' is not a client authenticator"):
         await exporter.start(StaticHost())
     await exporter.shutdown()

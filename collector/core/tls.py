@@ -1,0 +1,150 @@
+"""TLS for listening components: the `tls` block of receivers (as the OTel Collector's
+configtls server settings) as an ssl context for aiohttp and as gRPC server credentials, both
+picking up renewed certificate files every `reload_interval`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import time
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from collector.core.config_types import ComponentConfig, Duration
+
+if TYPE_CHECKING:
+    import grpc
+
+
+class TLSServerConfig(ComponentConfig):
+    cert_file: str
+    """The server's certificate chain (PEM). Required."""
+    key_file: str
+    """The private key of `cert_file` (PEM). Required."""
+    client_ca_file: str = ""
+    """CA certificates that client certificates must chain to; when set, clients without a
+    valid certificate are refused (mutual TLS). Default empty: no client certificates."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """Lowest TLS version accepted (default 1.2); gRPC always takes 1.2 and later."""
+    reload_interval: Duration = Field(0.0, ge=0)
+    """How often changed certificate files are read again, for certificates renewed in place
+    (default 0 = never)."""
+
+
+class _Files:
+    """The certificate files and when they last changed."""
+
+    def __init__(self, tls: TLSServerConfig) -> None:
+        self.tls = tls
+        self.stamp = self._stamp()
+        self.checked = time.monotonic()
+
+    def _stamp(self) -> tuple[float, ...]:
+        paths = [self.tls.cert_file, self.tls.key_file, self.tls.client_ca_file]
+        return tuple(os.stat(p).st_mtime if p else 0.0 for p in paths)
+
+    def changed(self, every: float = 0.0) -> bool:
+        """Whether reloading is on and the files changed since last seen, looked at no more
+        often than `every` seconds."""
+        if not self.tls.reload_interval or time.monotonic() - self.checked < every:
+            return False
+        self.checked = time.monotonic()
+        try:
+            stamp = self._stamp()
+        except OSError:
+            return False  # mid-rotation: keep what works
+        if stamp == self.stamp:
+            return False
+        self.stamp = stamp
+        return True
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"tls::{what}: cannot read {path}: {e.strerror}") from None
+
+
+class ServerTLS:
+    """An ssl context for a listener, and with `reload_interval` a task that loads changed
+    files into it, for the handshakes that follow. ValueError at creation naming the key whose
+    file is unusable."""
+
+    def __init__(self, tls: TLSServerConfig) -> None:
+        self.tls = tls
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = (
+            ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        )
+        _load(self.context, tls)
+        if tls.client_ca_file:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+        self._watch: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.tls.reload_interval and self._watch is None:
+            self._watch = asyncio.create_task(self._reload_forever())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+
+    async def _reload_forever(self) -> None:
+        files = _Files(self.tls)
+        while True:
+            await asyncio.sleep(self.tls.reload_interval)
+            if files.changed():
+                # A half-written file fails: the next look tries again.
+                with contextlib.suppress(ValueError, ssl.SSLError):
+                    _load(self.context, self.tls)
+
+
+def _load(context: ssl.SSLContext, tls: TLSServerConfig) -> None:
+    _read(tls.cert_file, "cert_file")
+    _read(tls.key_file, "key_file")
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except ssl.SSLError as e:
+        raise ValueError(f"tls::cert_file / key_file: not a certificate and its key: {e}") from None
+    if tls.client_ca_file:
+        _read(tls.client_ca_file, "client_ca_file")
+        try:
+            context.load_verify_locations(tls.client_ca_file)
+        except ssl.SSLError as e:
+            raise ValueError(f"tls::client_ca_file: no CA certificates: {e}") from None
+
+
+def grpc_server_credentials(tls: TLSServerConfig) -> grpc.ServerCredentials:
+    """gRPC server credentials; ValueError naming the key whose file is unusable."""
+    import grpc
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        pair = (_read(tls.key_file, "key_file"), _read(tls.cert_file, "cert_file"))
+        ca = _read(tls.client_ca_file, "client_ca_file") if tls.client_ca_file else None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
+
+    ServerTLS(tls)  # the same checks, and their errors, as for HTTP
+    initial = configuration()
+    files = _Files(tls)
+
+    # Called by gRPC at each handshake; None keeps the current configuration.
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        if not files.changed(every=tls.reload_interval):
+            return None
+        try:
+            return configuration()
+        except ValueError:  # a half-written file: the next check tries again
+            return None
+
+    return grpc.dynamic_ssl_server_credentials(
+        initial,
+        fetch,  # type: ignore[arg-type]  # grpc documents None as "no change"; its stub does not
+        require_client_authentication=bool(tls.client_ca_file),
+    )

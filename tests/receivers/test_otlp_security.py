@@ -1,0 +1,226 @@
+"""The OTLP receiver over TLS and mutual TLS with certificates made here (trustme), and behind
+the bearertokenauth extension: wrong or missing credentials are refused on gRPC
+(UNAUTHENTICATED) and HTTP (401), the token never shows in the logs, and coldtail's own OTLP/HTTP
+exporter sends it."""
+
+import asyncio
+import logging
+import os
+import ssl
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+import trustme
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+
+from collector.core.component import ComponentID, Kind
+from collector.core.signals import Signal
+from collector.exporters import otlphttp
+from collector.extensions import bearertokenauth
+from collector.receivers.otlp import Config, OtlpReceiver
+from tests.support.builders import make_traces
+from tests.support.components import StaticHost, make_settings
+from tests.support.sinks import SinkConsumer
+
+TOKEN = "t0ken-that-must-never-be-logged"
+PROTOBUF = "application/x-protobuf"
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def pki(ca, tmp_path) -> dict[str, str]:
+    """PEM files: the CA, the server's certificate for 127.0.0.1 and a client certificate."""
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client.example")
+    files = {
+        "ca": ca.cert_pem,
+        "server_cert": server.cert_chain_pems[0],
+        "server_key": server.private_key_pem,
+        "client_cert": client.cert_chain_pems[0],
+        "client_key": client.private_key_pem,
+    }
+    paths = {}
+    for name, blob in files.items():
+        path = tmp_path / f"{name}.pem"
+        blob.write_to_path(str(path))
+        paths[name] = str(path)
+    return paths
+
+
+def tls(pki: dict[str, str], mutual: bool = False) -> dict:
+    config = {"cert_file": pki["server_cert"], "key_file": pki["server_key"]}
+    return {**config, "client_ca_file": pki["ca"]} if mutual else config
+
+
+async def started(
+    protocols: dict, extensions: dict | None = None
+) -> tuple[OtlpReceiver, SinkConsumer]:
+    sink = SinkConsumer()
+    config = Config.model_validate({"protocols": protocols})
+    receiver = OtlpReceiver(make_settings("receiver", "otlp"), config, {Signal.TRACES: sink})
+    await receiver.start(StaticHost(extensions=extensions or {}))
+    return receiver, sink
+
+
+def client_context(pki: dict[str, str], certificate: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=pki["ca"])
+    if certificate:
+        context.load_cert_chain(pki["client_cert"], pki["client_key"])
+    return context
+
+
+async def post(url: str, context: ssl.SSLContext | None = None, **headers: str) -> int:
+    body = make_traces(2).SerializeToString()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url, data=body, headers={"Content-Type": PROTOBUF, **headers}, ssl=context or False
+        ) as response,
+    ):
+        return response.status
+
+
+async def exported(endpoint: str, credentials=None, metadata=()) -> grpc.StatusCode:
+    """The status of one export with the synchronous client, off the event loop the receiver
+    runs on."""
+    return await asyncio.to_thread(grpc_export, endpoint, credentials, metadata)
+
+
+def grpc_export(endpoint: str, credentials=None, metadata=()) -> grpc.StatusCode:
+    channel = (
+        grpc.secure_channel(endpoint, credentials)
+        if credentials
+        else grpc.insecure_channel(endpoint)
+    )
+    with channel:
+        try:
+            TraceServiceStub(channel).Export(make_traces(2), metadata=metadata, timeout=5)
+        except grpc.RpcError as e:
+            return e.code()
+    return grpc.StatusCode.OK
+
+
+async def test_http_over_tls_accepts_a_client_that_trusts_the_ca_and_refuses_plaintext(pki):
+    receiver, sink = await started({"http": {"endpoint": "127.0.0.1:0", "tls": tls(pki)}})
+    try:
+        url = f"https://{receiver.http_endpoint}/v1/traces"
+        assert await post(url, client_context(pki, certificate=False)) == 200
+        with pytest.raises(aiohttp.ClientError):
+            await post(url.replace("https:", "http:"))
+    finally:
+        await receiver.shutdown()
+    assert sink.item_count == 2
+
+
+async def test_mutual_tls_refuses_a_client_without_a_certificate_on_http_and_grpc(pki):
+    both = {"endpoint": "127.0.0.1:0", "tls": tls(pki, mutual=True)}
+    receiver, sink = await started({"http": both, "grpc": both})
+    try:
+        url = f"https://{receiver.http_endpoint}/v1/traces"
+        with pytest.raises(aiohttp.ClientError):
+            await post(url, client_context(pki, certificate=False))
+        assert await post(url, client_context(pki, certificate=True)) == 200
+
+        ca = Path(pki["ca"]).read_bytes()
+        anonymous = grpc.ssl_channel_credentials(root_certificates=ca)
+        with_certificate = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=Path(pki["client_key"]).read_bytes(),
+            certificate_chain=Path(pki["client_cert"]).read_bytes(),
+        )
+        assert await exported(receiver.grpc_endpoint, anonymous) == grpc.StatusCode.UNAVAILABLE
+        assert await exported(receiver.grpc_endpoint, with_certificate) == grpc.StatusCode.OK
+    finally:
+        await receiver.shutdown()
+    assert sink.item_count == 4
+
+
+async def test_a_certificate_file_that_cannot_be_read_fails_the_start_naming_the_key(pki):
+    broken = {"endpoint": "127.0.0.1:0", "tls": {**tls(pki), "key_file": "/nonexistent.pem"}}
+    with pytest.raises(ValueError, match=r"tls::key_file: cannot read /nonexistent\.pem"):
+        await started({"http": broken})
+
+
+async def bearer(config: dict) -> bearertokenauth.BearerTokenAuth:
+    extension = bearertokenauth.factory.create(
+        make_settings(Kind.EXTENSION, "bearertokenauth"), bearertokenauth.Config(**config)
+    )
+    await extension.start(None)
+    return extension
+
+
+async def test_a_wrong_or_missing_token_is_refused_and_never_logged(caplog):
+    extension = await bearer({"token": TOKEN})
+    auth = {"authenticator": "bearertokenauth"}
+    protocols = {
+        "grpc": {"endpoint": "127.0.0.1:0", "auth": auth},
+        "http": {"endpoint": "127.0.0.1:0", "auth": auth},
+    }
+    with caplog.at_level(logging.DEBUG):
+        receiver, sink = await started(protocols, {ComponentID.parse("bearertokenauth"): extension})
+        try:
+            url = f"http://{receiver.http_endpoint}/v1/traces"
+            assert await post(url) == 401
+            assert await post(url, Authorization="Bearer wrong") == 401
+            assert await post(url, Authorization=f"Bearer {TOKEN}") == 200
+            endpoint = receiver.grpc_endpoint
+            wrong = (("authorization", "Bearer wrong"),)
+            right = (("authorization", f"Bearer {TOKEN}"),)
+            assert await exported(endpoint) == grpc.StatusCode.UNAUTHENTICATED
+            assert await exported(endpoint, metadata=wrong) == grpc.StatusCode.UNAUTHENTICATED
+            assert await exported(endpoint, metadata=right) == grpc.StatusCode.OK
+        finally:
+            await receiver.shutdown()
+    assert sink.item_count == 4
+    assert TOKEN not in caplog.text
+    assert TOKEN not in repr(extension.config)
+
+
+async def test_coldtail_s_exporter_sends_the_token_read_from_a_file_that_rotates(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("first-token\n")
+    server_side = await bearer({"filename": str(secret)})
+    client_side = await bearer({"filename": str(secret)})
+    auth = {"authenticator": "bearertokenauth"}
+    receiver, sink = await started(
+        {"http": {"endpoint": "127.0.0.1:0", "auth": auth}},
+        {ComponentID.parse("bearertokenauth"): server_side},
+    )
+    config = otlphttp.Config.model_validate(
+        {
+            "endpoint": f"http://{receiver.http_endpoint}",
+            "auth": auth,
+            "sending_queue": {"enabled": False},
+        }
+    )
+    exporter = otlphttp.factory.create(
+        make_settings(Kind.EXPORTER, "otlphttp"), config, Signal.TRACES
+    )
+    await exporter.start(StaticHost(extensions={ComponentID.parse("bearertokenauth"): client_side}))
+    try:
+        await exporter.consume(make_traces(1))
+        url = f"http://{receiver.http_endpoint}/v1/traces"
+        assert await post(url, Authorization="Bearer first-token") == 200
+        secret.write_text("second-token\n")
+        os.utime(secret, (1, 1))  # a different modification time, whatever the clock's grain
+        assert await post(url, Authorization="Bearer first-token") == 401
+        await exporter.consume(make_traces(1))  # the exporter reads the new token too
+    finally:
+        await exporter.shutdown()
+        await receiver.shutdown()
+    assert sink.item_count == 1 + 2 + 1
+
+
+def test_the_token_is_a_secret_and_comes_from_exactly_one_place():
+    config = bearertokenauth.Config(token=TOKEN)
+    assert TOKEN not in repr(config) and TOKEN not in str(config.model_dump())
+    with pytest.raises(ValueError, match="exactly one of token and filename"):
+        bearertokenauth.Config()
+    with pytest.raises(ValueError, match="exactly one of token and filename"):
+        bearertokenauth.Config(token=TOKEN, filename="/run/secrets/token")
