@@ -1,0 +1,250 @@
+"""Faults between real processes: a client numbering every span, a `coldtail run` process and an
+OTLP backend process (tests/support/backend.py) that writes what it accepts. Each case counts
+spans sent, acknowledged to the client, delivered to the backend, duplicated and lost (acked
+but never delivered), prints its row of the table, and asserts that nothing acknowledged is
+lost. Bounded: a few thousand spans and outages of seconds, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from collector.core import otlpjson
+from collector.core.pdata import Traces, set_attr
+from tests.support.builders import make_traces
+from tests.support.process import CollectorProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{port}"}}
+processors:
+  batch: {{send_batch_size: 200, timeout: 50ms}}
+exporters:
+  otlp:
+    endpoint: "127.0.0.1:{backend}"
+    tls: {{insecure: true}}
+    timeout: 1s
+    sending_queue: {{queue_size: {queue}, num_consumers: 2}}
+    retry_on_failure: {{initial_interval: {retry}, max_interval: {retry}, max_elapsed_time: 0}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], processors: [batch], exporters: [otlp]}}
+  telemetry: {{metrics: {{address: "127.0.0.1:{metrics}"}}}}
+  shutdown_timeout: 20s
+"""
+
+
+@dataclass
+class Row:
+    case: str
+    sent: int = 0
+    acked: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    lost: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"| {self.case} | {self.sent} | {self.acked} | {self.delivered} | "
+            f"{self.duplicated} | {self.lost} |"
+        )
+
+
+class BackendProcess:
+    """The OTLP backend as a process on a fixed port, so that it can die and come back."""
+
+    def __init__(self, out: Path, port: int) -> None:
+        self.out, self.port = out, port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        args = [sys.executable, "-m", "tests.support.backend", "--out", str(self.out)]
+        self.proc = subprocess.Popen(
+            [*args, "--grpc-port", str(self.port)], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        json.loads(self.proc.stdout.readline())  # it listens
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def sequence_numbers(self) -> Counter:
+        seen: Counter = Counter()
+        if not self.out.exists():
+            return seen
+        for line in self.out.read_text().splitlines():
+            batch = otlpjson.parse(line, Traces)
+            for rs in batch.resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        for kv in span.attributes:
+                            if kv.key == "seq":
+                                seen[kv.value.int_value] += 1
+        return seen
+
+
+def numbered(first: int, spans: int) -> Traces:
+    batch = make_traces(spans)
+    for i, span in enumerate(batch.resource_spans[0].scope_spans[0].spans):
+        set_attr(span.attributes, "seq", first + i)
+    return batch
+
+
+def send_all(port: int, requests: int, spans: int, deadline_s: float) -> set[int]:
+    """Send `requests` numbered requests, each retried on UNAVAILABLE (as an OTLP client must)
+    until acknowledged or the deadline; the sequence numbers acknowledged."""
+    acked: set[int] = set()
+    stop = time.monotonic() + deadline_s
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = TraceServiceStub(channel)
+        for r in range(requests):
+            batch = numbered(r * spans, spans)
+            while time.monotonic() < stop:
+                try:
+                    stub.Export(batch, timeout=5)
+                except grpc.RpcError as e:
+                    if e.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ):
+                        raise
+                    time.sleep(0.05)
+                    continue
+                acked.update(range(r * spans, (r + 1) * spans))
+                break
+    return acked
+
+
+def tally(case: str, sent: int, acked: set[int], backend: BackendProcess) -> Row:
+    seen = backend.sequence_numbers()
+    row = Row(
+        case,
+        sent=sent,
+        acked=len(acked),
+        delivered=sum(1 for n in seen if n in acked or n < sent),
+        duplicated=sum(count - 1 for count in seen.values()),
+        lost=len(acked - set(seen)),
+    )
+    print(f"\n{row}")
+    return row
+
+
+def collector(
+    tmp_path: Path, backend_port: int, queue: int, retry: str
+) -> tuple[CollectorProcess, int]:
+    port = free_port()
+    config = tmp_path / "collector.yaml"
+    config.write_text(
+        CONFIG.format(
+            port=port, backend=backend_port, queue=queue, retry=retry, metrics=free_port()
+        )
+    )
+    return CollectorProcess(config), port
+
+
+async def test_a_backend_outage_behind_the_batch_processor_loses_nothing_acknowledged(tmp_path):
+    backend_port = free_port()
+    backend = BackendProcess(tmp_path / "received.jsonl", backend_port)
+    process, port = collector(tmp_path, backend_port, queue=5, retry="200ms")
+    await asyncio.to_thread(process.start)
+    try:
+        # The backend is down while the client sends: the queue fills, then the batch
+        # processor holds one batch and refuses, and the client retries.
+        sending = asyncio.create_task(asyncio.to_thread(send_all, port, 100, 100, 60))
+        await asyncio.sleep(3)
+        await asyncio.to_thread(backend.start)
+        acked = await sending
+        assert await asyncio.to_thread(process.stop) == 0, process.log
+    finally:
+        process.kill()
+        backend.kill()
+    row = tally("backend down 3 s, queue 5, batch in front", 10_000, acked, backend)
+    assert row.acked == 10_000 and row.lost == 0
+
+
+async def test_sigterm_just_after_an_outage_sends_what_waited_in_a_long_backoff(tmp_path):
+    backend_port = free_port()
+    backend = BackendProcess(tmp_path / "received.jsonl", backend_port)
+    process, port = collector(tmp_path, backend_port, queue=100, retry="30s")
+    await asyncio.to_thread(process.start)
+    try:
+        acked = await asyncio.to_thread(send_all, port, 20, 100, 30)
+        await asyncio.sleep(1.5)  # every batch failed once and sleeps in a 30 s backoff
+        await asyncio.to_thread(backend.start)
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        assert await asyncio.to_thread(process.stop, signal.SIGTERM) == 0, process.log
+        stop_s = time.monotonic() - started
+    finally:
+        process.kill()
+        backend.kill()
+    row = tally("SIGTERM 0.5 s after the backend returned (30 s backoff)", 2_000, acked, backend)
+    assert row.acked == 2_000 and row.lost == 0
+    assert stop_s < 15, "the stop waited out the backoff instead of retrying at once"
+
+
+class CountingExporter(SpanExporter):
+    """The SDK's OTLP/gRPC exporter, remembering the sequence numbers it reported SUCCESS for."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.inner = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=30)
+        self.acked: set[int] = set()
+
+    def export(self, spans) -> SpanExportResult:
+        result = self.inner.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self.acked.update(int(span.attributes["seq"]) for span in spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def sdk_spans(port: int, count: int) -> set[int]:
+    exporter = CountingExporter(f"127.0.0.1:{port}")
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=count))
+    tracer = provider.get_tracer("faults")
+    for seq in range(count):
+        with tracer.start_as_current_span("GET /orders/{id}") as span:
+            span.set_attribute("seq", seq)
+    provider.shutdown()  # flushes, retrying UNAVAILABLE until the exporter's timeout
+    return exporter.acked
+
+
+async def test_the_otel_sdk_through_an_outage_behind_the_batch_processor(tmp_path):
+    backend_port = free_port()
+    backend = BackendProcess(tmp_path / "received.jsonl", backend_port)
+    process, port = collector(tmp_path, backend_port, queue=5, retry="200ms")
+    await asyncio.to_thread(process.start)
+    try:
+        sending = asyncio.create_task(asyncio.to_thread(sdk_spans, port, 5_000))
+        await asyncio.sleep(3)
+        await asyncio.to_thread(backend.start)
+        acked = await sending
+        assert await asyncio.to_thread(process.stop) == 0, process.log
+    finally:
+        process.kill()
+        backend.kill()
+    row = tally("the OTel Python SDK, backend down 3 s, batch in front", 5_000, acked, backend)
+    assert row.acked == 5_000 and row.lost == 0
