@@ -36,6 +36,7 @@ _COMPONENTS = [
     (Kind.EXPORTER, ("prometheusremotewrite",), "collector.exporters.prometheusremotewrite"),
     (Kind.EXTENSION, ("awsproxy",), "collector.extensions.awsproxy"),
     (Kind.EXTENSION, ("bearertokenauth",), "collector.extensions.bearertokenauth"),
+    (Kind.EXTENSION, ("file_storage",), "collector.extensions.file_storage"),
     (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),
     (Kind.EXTENSION, ("sigv4auth",), "collector.extensions.sigv4auth"),
 ]

@@ -18,11 +18,12 @@ from typing import Generic, TypeVar
 
 from pydantic import Field, model_validator
 
-from collector.core.component import Settings
+from collector.core.component import Host, Settings
 from collector.core.config_types import ComponentConfig, Duration, format_duration
 from collector.core.consumer import PermanentError, RetryableError
-from collector.core.pdata import REJECTED_FIELDS, count_items
+from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, Encoded, count_items
 from collector.core.signals import ITEM_NAMES, Signal
+from collector.core.storage import QueueStore, queue_store
 
 Push = Callable[[object], Awaitable[None]]
 # Once shutting down, retries wait at most this long: the shutdown timeout is the budget left.
@@ -38,6 +39,11 @@ class QueueConfig(ComponentConfig):
     queue_size: int = Field(1000, ge=1)
     """Most batches held in the queue (default 1000). When full, new batches are refused with a
     retryable error (the receiver answers 503 / UNAVAILABLE)."""
+    storage: str | None = None
+    """A storage extension, like `file_storage`, that keeps the queue on disk (default none:
+    in memory). A batch is acknowledged once stored, and what was stored and not yet sent when
+    the process stopped or crashed is sent after the restart (at least once: a batch in flight
+    at a crash is sent again)."""
 
 
 class RetryConfig(ComponentConfig):
@@ -138,6 +144,7 @@ class Sender:
         self._retry_cfg = config.retry_on_failure
         self._timeout = config.timeout
         self._log = settings.logger
+        self._signal = signal
         self._items = ITEM_NAMES[signal].replace("_", " ")
         t, exporter = settings.telemetry, str(settings.id)
         self._sent = t.exporter_sent[signal].labels(exporter=exporter)
@@ -148,11 +155,40 @@ class Sender:
             self._queue = asyncio.Queue(self._queue_cfg.queue_size)
             gauges = dict(exporter=exporter, data_type=signal.value)
             t.exporter_queue_capacity.labels(**gauges).set(self._queue_cfg.queue_size)
-            t.exporter_queue_size.labels(**gauges).set_function(self._queue.qsize)
+            t.exporter_queue_size.labels(**gauges).set_function(
+                lambda: self._queue.qsize() if self._queue else 0
+            )
         self._workers: list[asyncio.Task] = []
         self._in_flight = 0  # items the consumers are sending right now
         self._closed = False
         self._closing = asyncio.Event()  # wakes retries asleep in their backoff
+        self._store: QueueStore | None = None
+
+    async def open_storage(self, host: Host, owner: str) -> None:
+        """With `sending_queue.storage`, keep the queue there and queue what it holds from
+        before (a stop or a crash), ahead of anything new."""
+        name = self._queue_cfg.storage
+        if not name or self._queue is None:
+            return
+        store = queue_store(host, name, owner)
+        records = await asyncio.to_thread(store.records)
+        # Records beyond the configured size (it may have shrunk) still all get queued.
+        self._queue = asyncio.Queue(max(self._queue_cfg.queue_size, len(records)))
+        restored = 0
+        for key, record in records:
+            try:
+                batch = REQUEST_TYPES[self._signal].FromString(record)
+            except Exception:
+                self._log.error(f"persistent queue: record {key} is not a batch; dropped")
+                store.remove(key)
+                continue
+            self._queue.put_nowait((key, batch))
+            restored += count_items(batch)
+        self._store = store
+        if restored:
+            self._log.info(
+                f"persistent queue: {restored} {self._items} from before the restart queued"
+            )
 
     def start(self) -> None:
         if self._queue is None or self._workers or self._closed:
@@ -168,9 +204,22 @@ class Sender:
         if self._queue is None:
             await self._export(batch)
             return
+        if self._queue.full():
+            self._enqueue_failed.inc(count_items(batch))
+            raise RetryableError("sending queue is full")
+        key = None
+        if self._store is not None:
+            data = batch.data if isinstance(batch, Encoded) else batch.SerializeToString()
+            try:
+                key = await asyncio.to_thread(self._store.add, data)
+            except OSError as e:
+                self._enqueue_failed.inc(count_items(batch))
+                raise RetryableError(f"persistent queue cannot store: {e.strerror}") from None
         try:
-            self._queue.put_nowait(batch)
-        except asyncio.QueueFull:
+            self._queue.put_nowait((key, batch))
+        except asyncio.QueueFull:  # filled while the batch was being stored
+            if key is not None:
+                self._store_remove(key)
             self._enqueue_failed.inc(count_items(batch))
             raise RetryableError("sending queue is full") from None
 
@@ -191,15 +240,19 @@ class Sender:
         try:
             await queue.join()
         finally:
-            dropped = self._in_flight
+            left = self._in_flight
             while not queue.empty():
-                dropped += count_items(queue.get_nowait())
+                left += count_items(queue.get_nowait()[1])
                 queue.task_done()
-            if dropped:
-                self._failed.inc(dropped)
+            if left and self._store is not None:
+                self._log.warning(
+                    f"shutdown interrupted; {left} {self._items} stay in the persistent queue "
+                    "and are sent after the restart"
+                )
+            elif left:
+                self._failed.inc(left)
                 self._log.error(
-                    f"shutdown interrupted; dropping {dropped} {self._items} "
-                    "still queued or in flight"
+                    f"shutdown interrupted; dropping {left} {self._items} still queued or in flight"
                 )
             for task in self._workers:
                 task.cancel()
@@ -210,16 +263,25 @@ class Sender:
 
     async def _consume_queue(self, queue: asyncio.Queue) -> None:
         while True:
-            batch = await queue.get()
+            key, batch = await queue.get()
             items = count_items(batch)
             self._in_flight += items
             try:
                 # _export counts and logs a failure; the batch is then dropped.
                 with contextlib.suppress(Exception):
                     await self._export(batch)
+                if key is not None:  # sent or given up: either way done with
+                    self._store_remove(key)
             finally:
                 self._in_flight -= items
                 queue.task_done()
+
+    def _store_remove(self, key: int) -> None:
+        assert self._store is not None
+        try:
+            self._store.remove(key)
+        except OSError as e:  # sent twice after a restart, at worst
+            self._log.warning(f"persistent queue: cannot remove record {key}: {e.strerror}")
 
     async def _export(self, batch) -> None:
         """One batch through retry and timeout; counts and logs the outcome, raises the final
@@ -314,6 +376,7 @@ class Exporter(Generic[C]):
         self._threads: ThreadPoolExecutor | None = None
 
     async def start(self, host) -> None:
+        await self.sender.open_storage(host, f"{self.settings.id}_{self.signal.value}")
         await self.connect()
         self.sender.start()
 

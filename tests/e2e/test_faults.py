@@ -42,14 +42,18 @@ exporters:
     endpoint: "127.0.0.1:{backend}"
     tls: {{insecure: true}}
     timeout: 1s
-    sending_queue: {{queue_size: {queue}, num_consumers: 2}}
+    sending_queue: {{queue_size: {queue}, num_consumers: 2{queue_storage}}}
     retry_on_failure: {{initial_interval: {retry}, max_interval: {retry}, max_elapsed_time: 0}}
+{storage}
 service:
   pipelines:
-    traces: {{receivers: [otlp], processors: [batch], exporters: [otlp]}}
+    traces: {{receivers: [otlp], processors: [{processors}], exporters: [otlp]}}
   telemetry: {{metrics: {{address: "127.0.0.1:{metrics}"}}}}
   shutdown_timeout: 20s
+  extensions: [{extensions}]
 """
+STORAGE = """extensions:
+  file_storage: {{directory: "{directory}", create_directory: true}}"""
 
 
 @dataclass
@@ -150,13 +154,24 @@ def tally(case: str, sent: int, acked: set[int], backend: BackendProcess) -> Row
 
 
 def collector(
-    tmp_path: Path, backend_port: int, queue: int, retry: str
+    tmp_path: Path, backend_port: int, queue: int, retry: str, persistent: bool = False
 ) -> tuple[CollectorProcess, int]:
     port = free_port()
     config = tmp_path / "collector.yaml"
+    storage = STORAGE.format(directory=tmp_path / "queue") if persistent else ""
     config.write_text(
         CONFIG.format(
-            port=port, backend=backend_port, queue=queue, retry=retry, metrics=free_port()
+            port=port,
+            backend=backend_port,
+            queue=queue,
+            retry=retry,
+            metrics=free_port(),
+            storage=storage,
+            queue_storage=", storage: file_storage" if persistent else "",
+            extensions="file_storage" if persistent else "",
+            # The batch processor holds data in memory: with a persistent queue, a client is
+            # acknowledged only once its data is on disk when nothing stands in between.
+            processors="" if persistent else "batch",
         )
     )
     return CollectorProcess(config), port
@@ -247,4 +262,27 @@ async def test_the_otel_sdk_through_an_outage_behind_the_batch_processor(tmp_pat
         process.kill()
         backend.kill()
     row = tally("the OTel Python SDK, backend down 3 s, batch in front", 5_000, acked, backend)
+    assert row.acked == 5_000 and row.lost == 0
+
+
+async def test_sigkill_with_the_persistent_queue_then_a_restart_sends_everything(tmp_path):
+    backend_port = free_port()
+    backend = BackendProcess(tmp_path / "received.jsonl", backend_port)
+    process, port = collector(tmp_path, backend_port, queue=200, retry="200ms", persistent=True)
+    await asyncio.to_thread(process.start)
+    try:
+        acked = await asyncio.to_thread(send_all, port, 50, 100, 30)
+        process.kill()  # SIGKILL at once: nothing gets to run
+        await asyncio.to_thread(backend.start)
+        process, port = collector(tmp_path, backend_port, queue=200, retry="200ms", persistent=True)
+        await asyncio.to_thread(process.start)
+        deadline = time.monotonic() + 30
+        while len(set(backend.sequence_numbers()) & acked) < len(acked):
+            assert time.monotonic() < deadline, process.log
+            await asyncio.sleep(0.2)
+        assert await asyncio.to_thread(process.stop) == 0, process.log
+    finally:
+        process.kill()
+        backend.kill()
+    row = tally("SIGKILL with the persistent queue, then a restart", 5_000, acked, backend)
     assert row.acked == 5_000 and row.lost == 0
