@@ -2,14 +2,22 @@
 back off and retry instead of the collector running out of memory.
 
 Every `check_interval` the process RSS is measured. At or above the soft limit (limit minus
-spike) new data is refused with a retryable error (503 / UNAVAILABLE at a receiver); at or above
-the hard limit a garbage collection is forced as well. Nothing is dropped silently.
+spike) a garbage collection runs and the C allocator is asked to give freed memory back to the
+system (glibc's malloc_trim): CPython and protobuf free memory without returning it, so without
+this the RSS of a drained collector stays at its peak and data would be refused long after the
+burst. If the RSS is still at or above the soft limit, new data is refused with a retryable
+error (503 / UNAVAILABLE at a receiver) until it falls below the resume mark, 95% of the soft
+limit (hysteresis: no flapping at the limit). Receivers also refuse,
+before parsing, a request too large for the headroom left (collector/core/memory.py). Nothing
+is dropped silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +28,7 @@ from pydantic import Field, model_validator
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer, RetryableError
+from collector.core.memory import MemoryPressure
 from collector.core.pdata import accepts_encoded, count_items
 from collector.core.signals import Signal
 from collector.processors.internal.base import Processor
@@ -102,6 +111,15 @@ def total_memory() -> int:
     return physical
 
 
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's malloc_trim(0), or nothing where the C library has none (musl)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
 def process_rss() -> Callable[[], int]:
     """A reader of this process's resident set size in bytes."""
     process = psutil.Process()
@@ -125,6 +143,11 @@ class MemoryLimiter(Processor):
         # Bytes in use now; replaced in tests to drive the limiter.
         self.memory_usage = memory_usage or process_rss()
         self.hard_limit, self.soft_limit = config.limits(total())
+        # Hysteresis: refusing stops a little below where it starts, so that it does not flap
+        # at the limit, yet above what a drained process keeps.
+        self.resume_limit = self.soft_limit * 95 // 100
+        self.pressure = settings.shared.get(MemoryPressure)
+        self._trim = _malloc_trim()
         self.usage = 0
         self._state = "normal"
         self._task: asyncio.Task | None = None
@@ -158,19 +181,22 @@ class MemoryLimiter(Processor):
     def check(self) -> None:
         """Measure memory and decide whether new data is refused."""
         usage = self.memory_usage()
-        if usage >= self.hard_limit:
+        if usage >= self.resume_limit and (self.refusing or usage >= self.soft_limit):
             gc.collect()
+            self._trim()
             usage = self.memory_usage()
         self.usage = usage
         if usage >= self.hard_limit:
             state = "hard"
-        elif usage >= self.soft_limit:
+        elif usage >= self.soft_limit or (self.refusing and usage >= self.resume_limit):
             state = "soft"
         else:
             state = "normal"
         if state != self._state:
             self._log_transition(state)
             self._state = state
+        self.pressure.refusing = self.refusing
+        self.pressure.headroom = max(self.soft_limit - usage, 0)
 
     def _log_transition(self, state: str) -> None:
         kv = {
@@ -179,7 +205,7 @@ class MemoryLimiter(Processor):
             "hard_limit_mib": self.hard_limit // MIB,
         }
         if state == "normal":
-            self.log.info("memory usage below the soft limit, accepting data", extra={"kv": kv})
+            self.log.info("memory usage below the resume mark, accepting data", extra={"kv": kv})
         elif state == "soft":
             self.log.warning("memory usage above the soft limit, refusing data", extra={"kv": kv})
         else:

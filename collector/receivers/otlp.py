@@ -33,6 +33,7 @@ from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, ListenEndpoint
 from collector.core.consumer import Consumer, PermanentError, RetryableError
 from collector.core.endpoints import split_endpoint, with_port
+from collector.core.memory import MemoryPressure
 from collector.core.pdata import (
     GRPC_SERVICES,
     REJECTED_FIELDS,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     import grpc
 
 _MIB = 1024 * 1024
+_PRESSURE_RETRY_S = 1.0  # a memory limiter measures about that often
 _DEFAULT_MAX_REQUEST_BODY_SIZE = 20 * _MIB
 # Sent when the pipeline gives no hint; clients back off exponentially from here anyway.
 _DEFAULT_RETRY_AFTER_S = 1
@@ -296,6 +298,7 @@ class OtlpReceiver:
         self._grpc_auth: ServerAuthenticator | None = None
         self._http_auth: ServerAuthenticator | None = None
         self._pass_bytes: dict[Signal, bool] = {}
+        self._pressure = settings.shared.get(MemoryPressure)
         telemetry, receiver = settings.telemetry, str(settings.id)
         self._counters = {
             (signal, transport): (
@@ -413,6 +416,14 @@ class OtlpReceiver:
                 self._grpc_auth.authenticate(metadata)
             except Unauthenticated as e:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+        refusal = self._pressure.admits(len(data))
+        if refusal is not None:
+            status = _status(code_pb2.UNAVAILABLE, refusal, _PRESSURE_RETRY_S)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                status.message,
+                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+            )
         try:
             batch = REQUEST_TYPES[signal].FromString(data)
             check_ids(batch)
@@ -482,6 +493,10 @@ class OtlpReceiver:
                 status=415,
                 text=f"415 unsupported media type, supported: [{', '.join(_CODECS)}]",
             )
+        # Refused before the body is read, let alone parsed, when memory is short.
+        refusal = self._pressure.admits(request.content_length or 0)
+        if refusal is not None:
+            return self._status_response(codec, 503, refusal, _PRESSURE_RETRY_S)
         try:
             body = await self._read_body(request)
             batch = codec.decode(body, REQUEST_TYPES[signal])

@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
@@ -107,10 +109,14 @@ class BackendProcess:
         return seen
 
 
-def numbered(first: int, spans: int) -> Traces:
+def numbered(first: int, spans: int, payload: int = 0) -> Traces:
+    """`spans` spans numbered from `first` by their `seq` attribute, each with `payload` bytes
+    of attribute besides."""
     batch = make_traces(spans)
     for i, span in enumerate(batch.resource_spans[0].scope_spans[0].spans):
         set_attr(span.attributes, "seq", first + i)
+        if payload:
+            set_attr(span.attributes, "payload", "x" * payload)
     return batch
 
 
@@ -286,3 +292,100 @@ async def test_sigkill_with_the_persistent_queue_then_a_restart_sends_everything
         backend.kill()
     row = tally("SIGKILL with the persistent queue, then a restart", 5_000, acked, backend)
     assert row.acked == 5_000 and row.lost == 0
+
+
+LIMITED = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{port}", max_recv_msg_size_mib: 64}}
+processors:
+  memory_limiter: {{check_interval: 200ms, limit_mib: {limit}, spike_limit_mib: 80}}
+exporters:
+  otlp:
+    endpoint: "127.0.0.1:{backend}"
+    tls: {{insecure: true}}
+    sending_queue: {{queue_size: 1000, num_consumers: 2}}
+    retry_on_failure: {{initial_interval: 200ms, max_interval: 200ms, max_elapsed_time: 0}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], processors: [memory_limiter], exporters: [otlp]}}
+  telemetry: {{metrics: {{address: "127.0.0.1:{metrics}"}}}}
+"""
+
+
+def queued(metrics_port: int) -> float:
+    """The collector's own otelcol_exporter_queue_size."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("otelcol_exporter_queue_size{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no otelcol_exporter_queue_size")
+
+
+def flood(
+    port: int, first: int, requests: int, spans: int, payload: int = 0
+) -> tuple[set[int], int]:
+    """Send numbered requests once each, without retrying; (acked, refused requests)."""
+    acked: set[int] = set()
+    refused = 0
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        stub = TraceServiceStub(channel)
+        for r in range(requests):
+            start = first + r * spans
+            try:
+                stub.Export(numbered(start, spans, payload), timeout=10)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                refused += 1
+                continue
+            acked.update(range(start, start + spans))
+    return acked, refused
+
+
+async def test_the_memory_limiter_refuses_a_flood_and_accepts_again_once_drained(tmp_path):
+    backend_port, port = free_port(), free_port()
+    backend = BackendProcess(tmp_path / "received.jsonl", backend_port)
+    config = tmp_path / "collector.yaml"
+    # What the collector takes at rest, with a limit out of reach; then the limit 120 MiB above.
+    config.write_text(LIMITED.format(port=port, backend=backend_port, limit=100_000, metrics=0))
+    process = await asyncio.to_thread(CollectorProcess(config).start)
+    assert process.proc is not None
+    rest_mib = psutil.Process(process.proc.pid).memory_info().rss >> 20
+    assert await asyncio.to_thread(process.stop) == 0, process.log
+    limit, metrics = rest_mib + 120, free_port()
+    config.write_text(LIMITED.format(port=port, backend=backend_port, limit=limit, metrics=metrics))
+    process = CollectorProcess(config)
+    await asyncio.to_thread(process.start)
+    try:
+        # Backend down: parsed requests pile up in the queue until the limiter refuses.
+        # 250 requests of 1 MiB: 200 spans with 5 KiB of attributes each.
+        acked, refused = await asyncio.to_thread(flood, port, 0, 250, 200, 5_000)
+        assert refused > 0, "the flood never reached the limit"
+        await asyncio.to_thread(backend.start)
+        deadline = time.monotonic() + 30
+        canary = 10_000_000
+        while True:  # the queue drains, memory is handed back, the limiter resumes
+            more, _ = await asyncio.to_thread(flood, port, canary, 1, 10)
+            if more:
+                acked |= more
+                break
+            assert time.monotonic() < deadline, "still refusing 30 s after the backend returned"
+            canary += 10
+            await asyncio.sleep(0.5)
+        recovered_s = 30 - (deadline - time.monotonic())
+        while await asyncio.to_thread(queued, metrics) > 0:  # delivered before the stop
+            assert time.monotonic() < deadline + 60, "the queue did not drain"
+            await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(process.stop) == 0, process.log
+    finally:
+        process.kill()
+        backend.kill()
+    row = tally("flood of 250 x 1 MiB, backend down, memory_limiter", 50_010, acked, backend)
+    print(
+        f"at rest {rest_mib} MiB, limit {limit} MiB; refused requests: {refused}; "
+        f"accepting again {recovered_s:.1f} s after the backend returned"
+    )
+    assert row.lost == 0

@@ -44,6 +44,7 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 
 from collector.core import otlpjson
 from collector.core.consumer import PermanentError, RetryableError
+from collector.core.memory import MemoryPressure
 from collector.core.pdata import Encoded, Traces, count_items, get_attr, iter_spans
 from collector.core.signals import Signal
 from collector.receivers.otlp import Config, OtlpReceiver, factory
@@ -565,6 +566,25 @@ async def test_grpc_oversized_message_is_resource_exhausted(serve, http, compres
 
 
 # --- pipeline errors ------------------------------------------------------------------------
+
+
+async def test_memory_pressure_refuses_before_parsing(serve, http):
+    sink = SinkConsumer()
+    receiver = await serve({Signal.TRACES: sink})
+    pressure = receiver.settings.shared.get(MemoryPressure)
+    small, large = make_traces(1).SerializeToString(), make_traces(2000).SerializeToString()
+    pressure.headroom = len(large)  # a quarter of what parsing the large one would take
+    assert (await post(http, receiver, small))[0] == 200
+    status, headers, body = await post(http, receiver, large)
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert "left below the soft limit" in decode_status(body, PROTOBUF).message
+    pressure.refusing = True
+    channel, stub = trace_stub(receiver)
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Export(make_traces(1))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert sink.item_count == 1
 
 
 @pytest.mark.parametrize(("retry_after", "delay_s", "header"), [(2.5, 2.5, "3"), (None, 1.0, "1")])
