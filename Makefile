@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test-servers lambda-runtimes run test lint fmt bench soak layer clean
+.PHONY: install test-servers lambda-runtimes run test lint fmt bench soak fuzz layer clean
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ bench: install
 # The collector's RSS under 5 minutes of saturating load (bench/soak.py).
 soak: install
 	$(BIN)/python -m bench.soak
+
+# The fuzz tests (tests/fuzz) with 20,000 examples each instead of the suite's 150.
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz
 
 # dist/coldtail-layer-<runtime>-<arch>.zip: the Lambda layer (instrumentation, exec wrapper,
 # extension) for each runtime and architecture; e.g. `make layer RUNTIMES=python3.13 ARCHS=arm64`.

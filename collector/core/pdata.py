@@ -278,16 +278,35 @@ def any_value_to_python(value: AnyValue) -> Any:
     return getattr(value, kind)
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
+def _text(text: str) -> str:
+    """`text` as protobuf takes it: a lone surrogate (valid JSON, invalid UTF-8) becomes U+FFFD."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+    return text
+
+
 def python_to_any_value(obj: Any, out: AnyValue | None = None) -> AnyValue:
+    """`obj` (as JSON decodes, or bytes) as an AnyValue: integers beyond 64 bits as doubles,
+    lone surrogates replaced."""
     out = out if out is not None else AnyValue()
     if isinstance(obj, bool):
         out.bool_value = obj
     elif isinstance(obj, int):
-        out.int_value = obj
+        if obj in _INT64:
+            out.int_value = obj
+        elif abs(obj) < 2**1023:
+            out.double_value = float(obj)
+        else:
+            out.string_value = str(obj)
     elif isinstance(obj, float):
         out.double_value = obj
     elif isinstance(obj, str):
-        out.string_value = obj
+        out.string_value = _text(obj)
     elif isinstance(obj, bytes):
         out.bytes_value = obj
     elif isinstance(obj, list | tuple):
@@ -300,7 +319,7 @@ def python_to_any_value(obj: Any, out: AnyValue | None = None) -> AnyValue:
         del kvl.values[:]
         for k, v in obj.items():
             kv = kvl.values.add()
-            kv.key = str(k)
+            kv.key = _text(str(k))
             python_to_any_value(v, kv.value)
     elif isinstance(obj, AnyValue):
         out.CopyFrom(obj)
