@@ -3,7 +3,14 @@
 import pytest
 
 from collector.core.fanout import FanOut
-from collector.core.pdata import Encoded, Traces, copy_batch, count_items, signal_of
+from collector.core.pdata import (
+    Encoded,
+    Traces,
+    copy_batch,
+    count_items,
+    signal_of,
+    split_wire,
+)
 from collector.core.signals import Signal
 from collector.processors.batch import factory as batch_factory
 from collector.processors.memory_limiter import factory as limiter_factory
@@ -70,3 +77,22 @@ async def test_memory_limiter_passes_bytes_on_when_the_next_consumer_takes_them(
     encoded = Encoded.of(make_traces(4))
     await limiter.consume(encoded)
     assert sink.batches == [encoded]
+
+
+def test_split_wire_cuts_a_request_between_resources_without_decoding_it():
+    batch = Traces()
+    for i in range(40):
+        batch.MergeFrom(make_traces(i % 5 + 1, resource={"service.name": f"s{i}"}))
+    data = batch.SerializeToString()
+    parts = split_wire(data, 1000)
+    assert len(parts) > 1 and b"".join(parts) == data
+    decoded = [Traces.FromString(part) for part in parts]
+    assert sum(count_items(b) for b in decoded) == count_items(batch)
+    assert [rs for b in decoded for rs in b.resource_spans] == list(batch.resource_spans)
+    largest_resource = max(rs.ByteSize() for rs in batch.resource_spans) + 4
+    assert all(len(part) <= 1000 + largest_resource for part in parts)
+    assert split_wire(data, len(data)) == [data]
+    assert split_wire(b"\xff\xff\xff garbage", 4) == [b"\xff\xff\xff garbage"]
+    assert split_wire(data[:-3], 1000) == [
+        data[:-3]
+    ]  # truncated: left whole, for decoding to refuse

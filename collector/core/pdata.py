@@ -233,6 +233,44 @@ LEVELS = {
 }
 
 
+def split_wire(data: bytes, max_bytes: int) -> list[bytes]:
+    """An export request's protobuf encoding cut between its resources into requests of about
+    `max_bytes` each (a single larger resource stays whole), without decoding it: each part is a
+    valid request, and the parts together are the request. `[data]` when it is that small, or
+    not an encoding this can read (decoding it then reports why)."""
+    if len(data) <= max_bytes:
+        return [data]
+    parts, start, pos, end = [], 0, 0, len(data)
+    try:
+        while pos < end:
+            field_start = pos
+            tag, pos = _varint(data, pos)
+            if tag & 7 != 2:  # only length-delimited fields (resources) at the top level
+                return [data]
+            length, pos = _varint(data, pos)
+            pos += length
+            if pos > end:
+                return [data]
+            if field_start > start and pos - start > max_bytes:
+                parts.append(data[start:field_start])
+                start = field_start
+    except IndexError:
+        return [data]
+    parts.append(data[start:])
+    return parts
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
 def build_batch(signal: Signal, resource: dict[str, Any], scope_name: str, items) -> Any:
     """A batch of `signal` holding `items` (spans, metrics or log records) under one resource
     (attribute map) and one scope."""

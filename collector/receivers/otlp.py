@@ -8,6 +8,7 @@ pipeline error is 503 + Retry-After / UNAVAILABLE + RetryInfo, a permanent pipel
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import re
@@ -43,6 +44,7 @@ from collector.core.pdata import (
     accepts_encoded,
     check_ids,
     count_items,
+    split_wire,
 )
 from collector.core.signals import Signal
 from collector.core.tls import ServerTLS, TLSServerConfig, grpc_server_credentials
@@ -52,6 +54,11 @@ if TYPE_CHECKING:
 
 _MIB = 1024 * 1024
 _PRESSURE_RETRY_S = 1.0  # a memory limiter measures about that often
+# A large protobuf request goes down the pipeline in parts of about this many bytes, so that
+# processing it does not hold other clients up for long: with 50,000 resources through
+# coldstart and tail_latency, the worst latency of a small request beside it fell from 2 s to
+# about 0.5 s (tests/e2e/test_faults.py).
+_BYTES_PER_PUSH = 256 * 1024
 _DEFAULT_MAX_REQUEST_BODY_SIZE = 20 * _MIB
 # Sent when the pipeline gives no hint; clients back off exponentially from here anyway.
 _DEFAULT_RETRY_AFTER_S = 1
@@ -344,32 +351,59 @@ class OtlpReceiver:
             await self._http_tls.stop()
             self._http_tls = None
 
-    async def _export(self, signal: Signal, batch, transport: str, data: bytes | None = None):
-        """Push `batch` down the pipeline and return the export response; pipeline errors
-        propagate, except a partial rejection, which the response reports. `data`: the
-        batch's protobuf encoding, when the request came as one."""
+    async def _decode(
+        self, signal: Signal, body: bytes, codec: _Codec
+    ) -> list[tuple[Any, bytes | None]]:
+        """The request as (batch, its protobuf encoding or None) parts: a large protobuf request
+        is cut between resources first and decoded part by part, with other clients' requests
+        in between, and then goes down the pipeline in those parts. DecodeError / ValueError
+        when any part is invalid: then nothing of the request has gone anywhere."""
+        request_type = REQUEST_TYPES[signal]
+        if codec is not _PROTOBUF:
+            batch = codec.decode(body, request_type)
+            check_ids(batch)
+            return [(batch, None)]
+        parts: list[tuple[Any, bytes | None]] = []
+        for data in split_wire(body, _BYTES_PER_PUSH):
+            if parts:
+                await asyncio.sleep(0)
+            batch = request_type.FromString(data)
+            check_ids(batch)
+            parts.append((batch, data))
+        return parts
+
+    async def _export(self, signal: Signal, parts: list[tuple[Any, bytes | None]], transport: str):
+        """Push the request's parts down the pipeline and return the export response; pipeline
+        errors propagate, except a partial rejection, which the response reports. A part whose
+        encoding is known goes as such to pipelines that take bytes (pdata.Encoded)."""
         response = RESPONSE_TYPES[signal]()
-        items = count_items(batch)
-        if items == 0:
-            return response
         accepted, refused = self._counters[signal, transport]
-        if data is not None and self._pass_bytes.get(signal):
-            batch = Encoded(signal, data, items)
-        try:
-            await self.next[signal].consume(batch)
-        except PermanentError as e:
-            if e.rejected is None or e.rejected >= items:
-                refused.inc(items)
+        counts = [count_items(batch) for batch, _ in parts]
+        rejected, message = 0, ""
+        for i, ((batch, data), items) in enumerate(zip(parts, counts, strict=True)):
+            if items == 0:
+                continue
+            if i:
+                await asyncio.sleep(0)  # other clients' requests in between the parts
+            if data is not None and self._pass_bytes.get(signal):
+                batch = Encoded(signal, data, items)
+            try:
+                await self.next[signal].consume(batch)
+            except PermanentError as e:
+                if e.rejected is None or e.rejected >= items:
+                    refused.inc(sum(counts[i:]))
+                    raise
+                accepted.inc(items - e.rejected)
+                refused.inc(e.rejected)
+                rejected, message = rejected + e.rejected, str(e)
+                continue
+            except Exception:
+                refused.inc(sum(counts[i:]))
                 raise
-            accepted.inc(items - e.rejected)
-            refused.inc(e.rejected)
-            setattr(response.partial_success, REJECTED_FIELDS[signal], e.rejected)
-            response.partial_success.error_message = str(e)
-            return response
-        except Exception:
-            refused.inc(items)
-            raise
-        accepted.inc(items)
+            accepted.inc(items)
+        if rejected:
+            setattr(response.partial_success, REJECTED_FIELDS[signal], rejected)
+            response.partial_success.error_message = message
         return response
 
     # --- gRPC ---------------------------------------------------------------------------------
@@ -425,12 +459,11 @@ class OtlpReceiver:
                 trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
             )
         try:
-            batch = REQUEST_TYPES[signal].FromString(data)
-            check_ids(batch)
+            parts = await self._decode(signal, data, _PROTOBUF)
         except (DecodeError, ValueError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
-            return await self._export(signal, batch, "grpc", data)
+            return await self._export(signal, parts, "grpc")
         except RetryableError as e:
             status = _status(code_pb2.UNAVAILABLE, str(e), _retry_after_s(e))
             await context.abort(
@@ -499,16 +532,14 @@ class OtlpReceiver:
             return self._status_response(codec, 503, refusal, _PRESSURE_RETRY_S)
         try:
             body = await self._read_body(request)
-            batch = codec.decode(body, REQUEST_TYPES[signal])
-            check_ids(batch)
+            parts = await self._decode(signal, body, codec)
         except _RequestError as e:
             return self._status_response(codec, e.http_status, str(e))
         # RecursionError: JSON nested deeper than the parser can follow.
         except (DecodeError, ValueError, RecursionError) as e:
             return self._status_response(codec, 400, str(e))
         try:
-            data = body if codec is _PROTOBUF else None
-            response = await self._export(signal, batch, "http", data)
+            response = await self._export(signal, parts, "http")
         except RetryableError as e:
             return self._status_response(codec, 503, str(e), _retry_after_s(e))
         except PermanentError as e:

@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -389,3 +390,83 @@ async def test_the_memory_limiter_refuses_a_flood_and_accepts_again_once_drained
         f"accepting again {recovered_s:.1f} s after the backend returned"
     )
     assert row.lost == 0
+
+
+HEAVY = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{port}", max_recv_msg_size_mib: 64}}
+processors:
+  coldstart:
+  tail_latency:
+exporters:
+  otlp:
+    endpoint: "127.0.0.1:{backend}"
+    tls: {{insecure: true}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], processors: [coldstart, tail_latency], exporters: [otlp]}}
+  telemetry: {{metrics: {{address: "127.0.0.1:{metrics}"}}}}
+"""
+
+
+def many_resources(resources: int) -> Traces:
+    """One request of `resources` resources of one SERVER span each, as many small services
+    would send through a gateway."""
+    one = make_traces(1)
+    batch = Traces()
+    for i in range(resources):
+        rs = batch.resource_spans.add()
+        rs.CopyFrom(one.resource_spans[0])
+        set_attr(rs.resource.attributes, "service.instance.id", str(i))
+    return batch
+
+
+def canary(port: int, stop: threading.Event, latencies: list[float]) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = TraceServiceStub(channel)
+        while not stop.is_set():
+            started = time.monotonic()
+            stub.Export(make_traces(1), timeout=60)
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.02)
+
+
+def costly(port: int, batch: Traces) -> float:
+    started = time.monotonic()
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        TraceServiceStub(channel).Export(batch, timeout=120)
+    return time.monotonic() - started
+
+
+async def test_one_costly_request_does_not_stall_a_canary_beside_it(tmp_path):
+    backend_port, port = free_port(), free_port()
+    backend = BackendProcess(tmp_path / "received.jsonl", backend_port)
+    config = tmp_path / "collector.yaml"
+    config.write_text(HEAVY.format(port=port, backend=backend_port, metrics=free_port()))
+    heavy = await asyncio.to_thread(many_resources, 50_000)
+    await asyncio.to_thread(backend.start)
+    process = CollectorProcess(config)
+    await asyncio.to_thread(process.start)
+    stop, latencies = threading.Event(), []
+    try:
+        beside = asyncio.create_task(asyncio.to_thread(canary, port, stop, latencies))
+        await asyncio.sleep(0.5)
+        took = await asyncio.to_thread(costly, port, heavy)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await beside
+        assert await asyncio.to_thread(process.stop) == 0, process.log
+    finally:
+        stop.set()
+        process.kill()
+        backend.kill()
+    worst = max(latencies)
+    print(
+        f"\n| one request of 50,000 resources ({heavy.ByteSize() >> 20} MiB, {took:.1f} s) "
+        f"beside a canary | worst canary latency {worst * 1000:.0f} ms |"
+    )
+    assert worst < 1.0
