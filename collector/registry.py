@@ -35,6 +35,7 @@ _COMPONENTS = [
     (Kind.EXPORTER, ("prometheus",), "collector.exporters.prometheus"),
     (Kind.EXPORTER, ("prometheusremotewrite",), "collector.exporters.prometheusremotewrite"),
     (Kind.EXTENSION, ("awsproxy",), "collector.extensions.awsproxy"),
+    (Kind.EXTENSION, ("basicauth",), "collector.extensions.basicauth"),
     (Kind.EXTENSION, ("bearertokenauth",), "collector.extensions.bearertokenauth"),
     (Kind.EXTENSION, ("file_storage",), "collector.extensions.file_storage"),
     (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),

@@ -4,12 +4,15 @@ the bearertokenauth extension: wrong or missing credentials are refused on gRPC
 exporter sends it."""
 
 import asyncio
+import base64
+import hashlib
 import logging
 import os
 import ssl
 from pathlib import Path
 
 import aiohttp
+import bcrypt
 import grpc
 import pytest
 import trustme
@@ -18,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from collector.core.component import ComponentID, Kind
 from collector.core.signals import Signal
 from collector.exporters import otlphttp
-from collector.extensions import bearertokenauth
+from collector.extensions import basicauth, bearertokenauth
 from collector.receivers.otlp import Config, OtlpReceiver
 from tests.support.builders import make_traces
 from tests.support.components import StaticHost, make_settings
@@ -224,3 +227,62 @@ def test_the_token_is_a_secret_and_comes_from_exactly_one_place():
         bearertokenauth.Config()
     with pytest.raises(ValueError, match="exactly one of token and filename"):
         bearertokenauth.Config(token=TOKEN, filename="/run/secrets/token")
+
+
+async def basic(config: dict) -> basicauth.BasicAuth:
+    extension = basicauth.factory.create(
+        make_settings(Kind.EXTENSION, "basicauth"), basicauth.Config.model_validate(config)
+    )
+    await extension.start(None)
+    return extension
+
+
+def basic_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_basic_auth_takes_bcrypt_sha_and_plain_htpasswd_entries(tmp_path, caplog):
+    htpasswd = tmp_path / ".htpasswd"
+    bcrypted = bcrypt.hashpw(b"b-secret", bcrypt.gensalt(rounds=4)).decode().replace("$2b$", "$2y$")
+    sha = base64.b64encode(hashlib.sha1(b"s-secret").digest()).decode()
+    htpasswd.write_text(f"# agents\nbob:{bcrypted}\nsam:{{SHA}}{sha}\n")
+    server_side = await basic({"htpasswd": {"file": str(htpasswd), "inline": "pat:p-secret"}})
+    auth = {"authenticator": "basicauth"}
+    with caplog.at_level(logging.DEBUG):
+        receiver, sink = await started(
+            {"http": {"endpoint": "127.0.0.1:0", "auth": auth}},
+            {ComponentID.parse("basicauth"): server_side},
+        )
+        try:
+            url = f"http://{receiver.http_endpoint}/v1/traces"
+            for user, password in [("bob", "b-secret"), ("sam", "s-secret"), ("pat", "p-secret")]:
+                assert await post(url, Authorization=basic_header(user, password)) == 200
+            assert await post(url, Authorization=basic_header("bob", "s-secret")) == 401
+            assert await post(url, Authorization=basic_header("eve", "p-secret")) == 401
+            assert await post(url, Authorization="Basic not-base64!") == 401
+            assert await post(url) == 401
+
+            client_side = await basic({"client_auth": {"username": "pat", "password": "p-secret"}})
+            config = otlphttp.Config.model_validate(
+                {"endpoint": f"http://{receiver.http_endpoint}", "auth": auth,
+                 "sending_queue": {"enabled": False}}
+            )  # fmt: skip
+            exporter = otlphttp.factory.create(
+                make_settings(Kind.EXPORTER, "otlphttp"), config, Signal.TRACES
+            )
+            await exporter.start(
+                StaticHost(extensions={ComponentID.parse("basicauth"): client_side})
+            )
+            await exporter.consume(make_traces(1))
+            await exporter.shutdown()
+        finally:
+            await receiver.shutdown()
+    assert sink.item_count == 3 * 2 + 1
+    assert "b-secret" not in caplog.text and "p-secret" not in caplog.text
+
+
+async def test_an_unsupported_htpasswd_hash_fails_the_start_naming_the_line():
+    with pytest.raises(ValueError, match="inline line 2: unsupported hash 'apr1'"):
+        await basic({"htpasswd": {"inline": "pat:p-secret\nbob:$apr1$xyz$abcdefgh"}})
+    with pytest.raises(ValueError, match="exactly one of htpasswd"):
+        basicauth.Config.model_validate({})
