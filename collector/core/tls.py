@@ -86,6 +86,19 @@ class ServerTLS:
             self.context.verify_mode = ssl.CERT_REQUIRED
         self._watch: asyncio.Task | None = None
 
+    @classmethod
+    def of(cls, tls: TLSServerConfig | None) -> ServerTLS | None:
+        """Started, for a `tls` block that may be absent."""
+        if tls is None:
+            return None
+        server = cls(tls)
+        server.start()
+        return server
+
+    @staticmethod
+    def context_of(server: ServerTLS | None) -> ssl.SSLContext | None:
+        return server.context if server is not None else None
+
     def start(self) -> None:
         if self.tls.reload_interval and self._watch is None:
             self._watch = asyncio.create_task(self._reload_forever())

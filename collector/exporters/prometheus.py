@@ -26,6 +26,7 @@ from collector.core.config_types import ComponentConfig, Duration, ListenEndpoin
 from collector.core.endpoints import bound_port, split_endpoint
 from collector.core.pdata import count_items
 from collector.core.signals import Signal
+from collector.core.tls import ServerTLS, TLSServerConfig
 from collector.exporters import promnames
 from collector.exporters.promnames import Labels, MetricType, Point
 
@@ -42,6 +43,8 @@ class Config(ComponentConfig):
     endpoint: ListenEndpoint = "127.0.0.1:8889"
     """host:port the /metrics endpoint listens on (default 127.0.0.1:8889; port 0 picks a free
     port)."""
+    tls: TLSServerConfig | None = None
+    """Serve /metrics over TLS (default none: plaintext)."""
     namespace: str = ""
     """Prefix of every metric name, joined with `_` (default empty = no prefix)."""
     const_labels: dict[str, str] = Field(default_factory=dict)
@@ -150,6 +153,7 @@ class PrometheusExporter:
         self._by_age: OrderedDict[tuple[str, Labels], _Series] = OrderedDict()
         self._skip_log = promnames.SkipLog(self.log)
         self._runner: web.AppRunner | None = None
+        self._tls: ServerTLS | None = None
 
     async def start(self, host) -> None:
         app = web.Application()
@@ -157,8 +161,15 @@ class PrometheusExporter:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host_, port = split_endpoint(self.config.endpoint)
-        site = web.TCPSite(self._runner, host_, port)
-        await site.start()
+        try:
+            self._tls = ServerTLS.of(self.config.tls)
+            site = web.TCPSite(
+                self._runner, host_, port, ssl_context=ServerTLS.context_of(self._tls)
+            )
+            await site.start()
+        except (OSError, ValueError):
+            await self.shutdown()
+            raise
         self.endpoint = f"{host_}:{bound_port(site)}"
         self.log.info("serving Prometheus metrics", extra={"kv": {"endpoint": self.endpoint}})
 
@@ -166,6 +177,9 @@ class PrometheusExporter:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._tls is not None:
+            await self._tls.stop()
+            self._tls = None
 
     async def consume(self, batch) -> None:
         translation = promnames.translate(batch, self._options)

@@ -21,6 +21,7 @@ from collector.core.config_types import (
     format_duration,
 )
 from collector.core.endpoints import bound_port, split_endpoint
+from collector.core.tls import ServerTLS, TLSServerConfig
 
 
 class ResponseBody(ComponentConfig):
@@ -34,6 +35,9 @@ class ResponseBody(ComponentConfig):
 class Config(ComponentConfig):
     endpoint: ListenEndpoint = "127.0.0.1:13133"
     """host:port to listen on. Default 127.0.0.1:13133; port 0 picks a free port."""
+
+    tls: TLSServerConfig | None = None
+    """Serve over TLS (default none: plaintext)."""
 
     path: str = "/"
     """URL path that answers health checks; other paths give 404. Default /."""
@@ -58,6 +62,7 @@ class HealthCheck:
         self.endpoint: str | None = None
         self._host: Host | None = None
         self._runner: web.AppRunner | None = None
+        self._tls: ServerTLS | None = None
         self._started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
 
@@ -70,10 +75,13 @@ class HealthCheck:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         address, port = split_endpoint(self.config.endpoint)
-        site = web.TCPSite(self._runner, address, port)
         try:
+            self._tls = ServerTLS.of(self.config.tls)
+            site = web.TCPSite(
+                self._runner, address, port, ssl_context=ServerTLS.context_of(self._tls)
+            )
             await site.start()
-        except OSError:
+        except (OSError, ValueError):
             await self.shutdown()
             raise
         bound = bound_port(site)
@@ -101,6 +109,9 @@ class HealthCheck:
         runner, self._runner = self._runner, None
         if runner:
             await runner.cleanup()
+        if self._tls is not None:
+            await self._tls.stop()
+            self._tls = None
 
 
 factory = Factory(

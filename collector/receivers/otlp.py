@@ -493,10 +493,8 @@ class OtlpReceiver:
         )
         await runner.setup()
         host, port = split_endpoint(config.endpoint)
-        if config.tls is not None:
-            self._http_tls = ServerTLS(config.tls)
-            self._http_tls.start()
-        context = self._http_tls.context if self._http_tls else None
+        self._http_tls = ServerTLS.of(config.tls)
+        context = ServerTLS.context_of(self._http_tls)
         await web.TCPSite(runner, host, port, ssl_context=context).start()
         return with_port(config.endpoint, runner.addresses[0][1])
 

@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 
 from collector.core.component import ComponentID, Kind
 from collector.core.signals import Signal
-from collector.exporters import otlphttp
-from collector.extensions import basicauth, bearertokenauth
+from collector.exporters import otlphttp, prometheus
+from collector.extensions import basicauth, bearertokenauth, health_check
 from collector.receivers.otlp import Config, OtlpReceiver
 from tests.support.builders import make_traces
 from tests.support.components import StaticHost, make_settings
@@ -286,3 +286,28 @@ async def test_an_unsupported_htpasswd_hash_fails_the_start_naming_the_line():
         await basic({"htpasswd": {"inline": "pat:p-secret\nbob:$apr1$xyz$abcdefgh"}})
     with pytest.raises(ValueError, match="exactly one of htpasswd"):
         basicauth.Config.model_validate({})
+
+
+async def test_the_health_check_and_the_prometheus_endpoint_serve_tls(pki):
+    health = health_check.factory.create(
+        make_settings(Kind.EXTENSION, "health_check"),
+        health_check.Config.model_validate({"endpoint": "127.0.0.1:0", "tls": tls(pki)}),
+    )
+    metrics = prometheus.factory.create(
+        make_settings(Kind.EXPORTER, "prometheus"),
+        prometheus.Config.model_validate({"endpoint": "127.0.0.1:0", "tls": tls(pki)}),
+        Signal.METRICS,
+    )
+    await health.start(StaticHost())
+    await metrics.start(StaticHost())
+    try:
+        context = client_context(pki, certificate=False)
+        async with aiohttp.ClientSession() as http:
+            for url in (f"https://{health.endpoint}/", f"https://{metrics.endpoint}/metrics"):
+                async with http.get(url, ssl=context) as response:
+                    assert response.status == 200, url
+                with pytest.raises(aiohttp.ClientError):
+                    await http.get(url.replace("https:", "http:"))
+    finally:
+        await health.shutdown()
+        await metrics.shutdown()
