@@ -11,6 +11,7 @@ _COMPONENTS = [
     (Kind.RECEIVER, ("otlp",), "collector.receivers.otlp"),
     (Kind.RECEIVER, ("lambda_telemetry",), "collector.receivers.lambda_telemetry"),
     (Kind.RECEIVER, ("awsxray",), "collector.receivers.awsxray"),
+    (Kind.RECEIVER, ("statsd",), "collector.receivers.statsd"),
     (Kind.PROCESSOR, ("batch",), "collector.processors.batch"),
     (Kind.PROCESSOR, ("memory_limiter",), "collector.processors.memory_limiter"),
     (Kind.PROCESSOR, ("attributes",), "collector.processors.attributes"),

@@ -199,6 +199,35 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class DropLog:
+    """Counts what a receiver without a way to answer (UDP) drops, by reason, and logs it at
+    most once per `interval` seconds, so that a misbehaving sender cannot flood the log."""
+
+    MAX_REASONS = 10  # distinct reasons kept until the next line; more become "other reasons"
+
+    def __init__(self, log, message: str, unit: str, interval: float = 10.0) -> None:
+        self.log, self.message, self.unit, self.interval = log, message, unit, interval
+        self._dropped: dict[str, int] = {}
+        self._last = float("-inf")
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        if reason not in self._dropped and len(self._dropped) >= self.MAX_REASONS:
+            reason = "other reasons"
+        self._dropped[reason] = self._dropped.get(reason, 0) + count
+        self.flush(force=False)
+
+    def flush(self, force: bool = True) -> None:
+        """Log what was dropped since the last line (now, unless `force` is false and the
+        interval has not passed)."""
+        now = time.monotonic()
+        if not self._dropped or (not force and now - self._last < self.interval):
+            return
+        self._last = now
+        for reason, count in self._dropped.items():
+            self.log.warning(self.message, extra={"kv": {self.unit: count, "reason": reason}})
+        self._dropped.clear()
+
+
 def setup_logging(level: str = "info", encoding: str = "console") -> None:
     """Structured logs to stderr: `console` (tab-separated text) or `json`. Extra fields go in
     `extra={"kv": {...}}`."""

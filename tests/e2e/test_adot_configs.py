@@ -1,13 +1,17 @@
 """The AWS Distro for OpenTelemetry's own configs (tests/e2e/testdata/adot, with their sources)
 run unchanged as a `coldtail run` subprocess, with the environment ECS or Lambda gives: only
-the listening addresses are moved to loopback ports and X-Ray to moto's server. A span sent by
-the OpenTelemetry SDK comes back from X-Ray with its resource's detected attributes."""
+the listening addresses are moved to loopback ports and X-Ray and CloudWatch Logs to moto's
+server. A span sent by the OpenTelemetry SDK comes back from X-Ray with its resource's detected
+attributes; segments sent by the X-Ray SDK come back as it wrote them; statsd counters arrive in
+CloudWatch Logs as EMF."""
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import pytest
+from aws_xray_sdk.core import AWSXRayRecorder
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -104,3 +108,78 @@ async def test_the_adot_ecs_config_detects_the_task_and_sends_to_x_ray(moto_serv
     }
     assert segment["aws"]["cloudwatch_logs"] == [{"log_group": task.log_group}]
     assert "resource detection" not in log  # every detector found or skipped quietly
+
+
+def x_ray_sdk_request(daemon: str) -> str:
+    """One request recorded by the X-Ray SDK for Python, sent to `daemon` as to the X-Ray
+    daemon: a segment with an annotation and a failing database subsegment; its trace id."""
+    xray = AWSXRayRecorder()
+    xray.configure(
+        daemon_address=daemon, sampling=False, context_missing="LOG_ERROR", service="legacy"
+    )
+    segment = xray.begin_segment("legacy-api")
+    segment.put_annotation("tenant", "acme")
+    segment.put_http_meta("method", "POST")
+    segment.put_http_meta("status", 200)
+    database = xray.begin_subsegment("orders-db", namespace="remote")
+    database.add_exception(TimeoutError("the orders database did not answer"), [])
+    xray.end_subsegment()
+    xray.end_segment()
+    return segment.trace_id
+
+
+def statsd_lines(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"orders.placed:3|c|#tier:gold\norders.placed:2|c|#tier:gold", ("127.0.0.1", port))
+
+
+async def test_the_adot_ecs_default_config_takes_x_ray_sdk_segments_and_statsd(moto_server):
+    """X-Ray SDK segments through the awsxray receiver come back from X-Ray as the SDK wrote
+    them, and statsd counters through awsemf land in CloudWatch Logs as EMF."""
+    ports = {name: free_port() for name in ("grpc", "http", "xray", "proxy", "statsd", "health")}
+    sets = [
+        *loopback(ports["grpc"], ports["http"]),
+        f"receivers::awsxray::endpoint=127.0.0.1:{ports['xray']}",
+        f"receivers::awsxray::proxy_server::endpoint=127.0.0.1:{ports['proxy']}",
+        f"receivers::statsd::endpoint=127.0.0.1:{ports['statsd']}",
+        f"extensions::health_check::endpoint=127.0.0.1:{ports['health']}",
+        f"exporters::awsxray::endpoint={moto_server}",
+        f"exporters::awsemf::endpoint={moto_server}",
+    ]
+    args = [arg for s in sets for arg in ("--set", s)]
+    collector = CollectorProcess(
+        CONFIGS / "ecs-default-config.yaml", *args, env=aws_env(moto_server)
+    )
+    await asyncio.to_thread(collector.start)
+    try:
+        trace = await asyncio.to_thread(x_ray_sdk_request, f"127.0.0.1:{ports['xray']}")
+        await asyncio.to_thread(statsd_lines, ports["statsd"])
+        await asyncio.sleep(0.2)  # UDP: let the datagrams arrive before the stop
+        # The stop flushes the statsd aggregation and both batch processors.
+        assert await asyncio.to_thread(collector.stop) == 0, collector.log
+    finally:
+        collector.kill()
+    xray = aws_client("xray", moto_server)
+    [stored] = xray.batch_get_traces(TraceIds=[trace])["Traces"]
+    documents = {d["name"]: d for d in (json.loads(s["Document"]) for s in stored["Segments"])}
+    api, database = documents["legacy-api"], documents["orders-db"]
+    assert api["annotations"] == {"tenant": "acme"}
+    assert api["http"]["response"]["status"] == 200
+    assert database["parent_id"] == api["id"] and database["namespace"] == "remote"
+    assert database["fault"] is True
+    assert database["cause"]["exceptions"][0]["message"] == "the orders database did not answer"
+
+    logs = aws_client("logs", moto_server)
+    group = "/aws/ecs/application/metrics"
+    streams = logs.describe_log_streams(logGroupName=group)["logStreams"]
+    events = [
+        json.loads(e["message"])
+        for stream in streams
+        for e in logs.get_log_events(logGroupName=group, logStreamName=stream["logStreamName"])[
+            "events"
+        ]
+    ]
+    [event] = [e for e in events if "orders.placed" in e]
+    assert event["orders.placed"] == 5 and event["tier"] == "gold"
+    [directive] = event["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "ECS/AWSOTel/Application"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Literal
@@ -28,13 +27,12 @@ from collector.core.consumer import Consumer
 from collector.core.endpoints import split_endpoint
 from collector.core.pdata import Traces
 from collector.core.signals import Signal
+from collector.core.telemetry import DropLog
 from collector.receivers.awsxray.segments import InvalidSegment, document_spans
 
 SCOPE_NAME = "coldtail/awsxray"
 _MAX_QUEUED = 10_000  # datagrams; at most 64 KiB each
 _MAX_BATCH = 1_000  # datagrams pushed as one batch
-_LOG_INTERVAL_S = 10.0
-_MAX_REASONS = 10  # distinct drop reasons kept for the next log line
 
 
 class Config(ComponentConfig):
@@ -97,8 +95,7 @@ class XRayReceiver:
         self._ready = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
         self._drain: asyncio.Task | None = None
-        self._dropped: dict[str, int] = {}
-        self._last_log = float("-inf")
+        self._drops = DropLog(self.log, "X-Ray segments dropped", "spans")
 
     async def start(self, host: Host) -> None:
         loop = asyncio.get_running_loop()
@@ -135,12 +132,12 @@ class XRayReceiver:
             # What arrived before the socket closed still goes down the pipeline.
             while self._queue:
                 await self._push_waiting()
-        self._log_drops(force=True)
+        self._drops.flush()
 
     def enqueue(self, datagram: bytes) -> None:
         if len(self._queue) >= _MAX_QUEUED:
             self._refused.inc()
-            self._drop("the queue is full")
+            self._drops.drop("the queue is full")
             return
         self._queue.append(datagram)
         self._ready.set()
@@ -161,7 +158,7 @@ class XRayReceiver:
                 rs = document_spans(parse_datagram(datagram))
             except InvalidSegment as e:
                 self._refused.inc()
-                self._drop(f"invalid segment: {e}")
+                self._drops.drop(f"invalid segment: {e}")
                 continue
             rs.scope_spans[0].scope.name = SCOPE_NAME
             count += len(rs.scope_spans[0].spans)
@@ -172,28 +169,11 @@ class XRayReceiver:
             await self.next.consume(batch)
         except Exception as e:  # UDP cannot ask the sender to retry: the spans are lost
             self._refused.inc(count)
-            self._drop(f"the pipeline refused the spans: {e}", count)
+            self._drops.drop(f"the pipeline refused the spans: {e}", count)
             return
         self._accepted.inc(count)
         # Let datagrams that arrived meanwhile join the next batch.
         await asyncio.sleep(0)
-
-    def _drop(self, reason: str, spans: int = 1) -> None:
-        if reason not in self._dropped and len(self._dropped) >= _MAX_REASONS:
-            reason = "other reasons"
-        self._dropped[reason] = self._dropped.get(reason, 0) + spans
-        self._log_drops()
-
-    def _log_drops(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self._dropped or (not force and now - self._last_log < _LOG_INTERVAL_S):
-            return
-        self._last_log = now
-        for reason, spans in self._dropped.items():
-            self.log.warning(
-                "X-Ray segments dropped", extra={"kv": {"spans": spans, "reason": reason}}
-            )
-        self._dropped.clear()
 
 
 factory = Factory(
