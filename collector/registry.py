@@ -12,6 +12,11 @@ _COMPONENTS = [
     (Kind.RECEIVER, ("lambda_telemetry",), "collector.receivers.lambda_telemetry"),
     (Kind.RECEIVER, ("awsxray",), "collector.receivers.awsxray"),
     (Kind.RECEIVER, ("statsd",), "collector.receivers.statsd"),
+    (
+        Kind.RECEIVER,
+        ("awsecscontainermetrics",),
+        "collector.receivers.awsecscontainermetrics",
+    ),
     (Kind.PROCESSOR, ("batch",), "collector.processors.batch"),
     (Kind.PROCESSOR, ("memory_limiter",), "collector.processors.memory_limiter"),
     (Kind.PROCESSOR, ("attributes",), "collector.processors.attributes"),

@@ -130,13 +130,14 @@ class EcsTask:
     def stats_document(self) -> dict:
         """What GET ${ECS_CONTAINER_METADATA_URI_V4}/stats answers: a Docker ContainerStats
         object with the fields most readers use."""
-        return _stats(self.container_name, self.container_id)
+        return _stats(self.container_name, self.container_id, load=2)
 
     def task_stats_document(self) -> dict:
         """What GET ${ECS_CONTAINER_METADATA_URI_V4}/task/stats answers."""
-        containers = [(self.container_name, self.container_id)]
-        containers += [(c["Name"], c["DockerId"]) for c in self._sidecars()]
-        return {docker_id: _stats(name, docker_id) for name, docker_id in containers}
+        stats = {self.container_id: self.stats_document()}
+        for sidecar in self._sidecars():
+            stats[sidecar["DockerId"]] = _stats(sidecar["Name"], sidecar["DockerId"])
+        return stats
 
     def _sidecars(self) -> list[dict]:
         if not self.sidecar_name:
@@ -183,11 +184,32 @@ class EcsTask:
         }
 
 
-def _stats(name: str, docker_id: str) -> dict:
-    cpu = {
-        "cpu_usage": {"total_usage": 1_200_000_000, "usage_in_kernelmode": 200_000_000},
+def _stats(name: str, docker_id: str, load: int = 1) -> dict:
+    """Docker's ContainerStats as ECS serves them, one second after the previous read
+    (`preread`): `load` scales the CPU used in that second, the memory and the I/O, so that
+    containers differ."""
+    cpu_second = 250_000_000 * load  # ns of CPU time used between preread and read
+    previous = {
+        "cpu_usage": {
+            "total_usage": 1_200_000_000,
+            "percpu_usage": [700_000_000, 500_000_000],
+            "usage_in_kernelmode": 200_000_000,
+            "usage_in_usermode": 1_000_000_000,
+        },
         "system_cpu_usage": 9_000_000_000_000,
         "online_cpus": 2,
+        "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
+    }
+    current = {
+        "cpu_usage": {
+            "total_usage": 1_200_000_000 + cpu_second,
+            "percpu_usage": [700_000_000 + cpu_second, 500_000_000],
+            "usage_in_kernelmode": 200_000_000 + cpu_second // 5,
+            "usage_in_usermode": 1_000_000_000 + cpu_second - cpu_second // 5,
+        },
+        "system_cpu_usage": 9_000_000_000_000 + 2_000_000_000,
+        "online_cpus": 2,
+        "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
     }
     return {
         "read": _STATS_READ,
@@ -196,10 +218,37 @@ def _stats(name: str, docker_id: str) -> dict:
         "id": docker_id,
         "num_procs": 0,
         "pids_stats": {"current": 3},
-        "cpu_stats": cpu,
-        "precpu_stats": cpu,
-        "memory_stats": {"usage": 52_428_800, "limit": 536_870_912},
-        "networks": {"eth1": {"rx_bytes": 5_230_000, "tx_bytes": 1_270_000}},
+        "cpu_stats": current,
+        "precpu_stats": previous,
+        "memory_stats": {
+            "usage": 52_428_800 * load,
+            "max_usage": 62_914_560 * load,
+            "limit": 536_870_912,
+            "stats": {"cache": 4_194_304 * load, "rss": 41_943_040 * load},
+        },
+        "networks": {
+            "eth1": {
+                "rx_bytes": 5_230_000 * load,
+                "rx_packets": 4_100 * load,
+                "rx_errors": 0,
+                "rx_dropped": 0,
+                "tx_bytes": 1_270_000 * load,
+                "tx_packets": 2_900 * load,
+                "tx_errors": 0,
+                "tx_dropped": 0,
+            }
+        },
+        "network_rate_stats": {
+            "rx_bytes_per_sec": 1_500.0 * load,
+            "tx_bytes_per_sec": 600.0 * load,
+        },
+        "blkio_stats": {
+            "io_service_bytes_recursive": [
+                {"major": 259, "minor": 0, "op": "Read", "value": 8_192_000 * load},
+                {"major": 259, "minor": 0, "op": "Write", "value": 1_024_000 * load},
+                {"major": 259, "minor": 0, "op": "Total", "value": 9_216_000 * load},
+            ]
+        },
     }
 
 

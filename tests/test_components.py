@@ -11,6 +11,7 @@ from collector.core.component import Factory, Kind
 from collector.core.pdata import count_items
 from collector.core.signals import Signal
 from collector.registry import registry
+from emulator.ecs_metadata import EcsMetadataServer, EcsTask
 from tests.support.builders import make_logs, make_metrics, make_traces
 from tests.support.components import StaticHost, make_settings
 from tests.support.sinks import SinkConsumer
@@ -52,9 +53,17 @@ async def remote_write():
     await runner.cleanup()
 
 
+@pytest.fixture
+async def ecs_task(monkeypatch):
+    """The ECS task metadata endpoint, for components that read it."""
+    async with EcsMetadataServer(EcsTask()) as server:
+        monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", server.uri)
+        yield
+
+
 @pytest.mark.parametrize("factory", all_factories())
 async def test_create_start_consume_shutdown(
-    factory: Factory, tmp_path, backend, remote_write, moto_server, aws_credentials
+    factory: Factory, tmp_path, backend, remote_write, moto_server, aws_credentials, ecs_task
 ):
     config = sample_config(
         factory,
