@@ -3,6 +3,7 @@ BatchGetTraces, as X-Ray's console and API would show them."""
 
 import json
 import re
+from datetime import UTC, datetime
 
 import pytest
 from botocore.exceptions import ClientError
@@ -122,6 +123,14 @@ async def test_a_lambda_trace_reads_back_as_a_segment_and_its_subsegment(moto_se
     }
     assert segment["metadata"] == {"default": {"tenant": "acme"}}
     assert segment["aws"] == {"cloudwatch_logs": [{"log_group": "/aws/lambda/checkout"}]}
+
+    # X-Ray's trace list finds the trace in its time window, as a failed one.
+    summaries = xray.get_trace_summaries(
+        StartTime=datetime.fromtimestamp(1_763_999_990, UTC),
+        EndTime=datetime.fromtimestamp(1_764_000_010, UTC),
+    )["TraceSummaries"]
+    [summary] = [s for s in summaries if s["Id"] == trace_id(TRACE)]
+    assert summary["HasFault"] is True
 
     assert subsegment["type"] == "subsegment"
     assert (subsegment["name"], subsegment["namespace"]) == ("orders-db", "remote")
