@@ -5,8 +5,9 @@ Paths under the base URI, which is what a container finds in ECS_CONTAINER_METAD
 
     ${ECS_CONTAINER_METADATA_URI_V4}              the container's own metadata
     ${ECS_CONTAINER_METADATA_URI_V4}/task         the task's metadata, with every container
-    ${ECS_CONTAINER_METADATA_URI_V4}/stats        Docker stats of the container (minimal)
+    ${ECS_CONTAINER_METADATA_URI_V4}/stats        Docker stats of the container
     ${ECS_CONTAINER_METADATA_URI_V4}/task/stats   Docker stats of every container, by DockerId
+                                                  (null for a stopped container)
 
 In-process:
 
@@ -40,13 +41,17 @@ _PULL_STOPPED = "2024-05-14T09:21:07.541068435Z"
 _CREATED = "2024-05-14T09:21:14.91368314Z"
 _STATS_READ = "2024-05-14T09:30:00.000000000Z"
 _STATS_PREREAD = "2024-05-14T09:29:59.000000000Z"
+_FINISHED = "2024-05-14T09:21:44.91368314Z"  # a stopped container ran for 30 s
 _SIDECAR_UUID = "f65b461d-aa09-4acb-a579-9785c0530cbc"
+_STOPPED_UUID = "3b0a0e4c-5d3e-4c8e-9f6a-2f1e2d3c4b5a"
 
 
 @dataclass
 class EcsTask:
-    """The task the endpoint describes: one application container (whose endpoint this is)
-    and, unless `sidecar_name` is empty, a sidecar container beside it."""
+    """The task the endpoint describes: one application container (whose endpoint this is),
+    unless `sidecar_name` is empty a sidecar container beside it, and unless `stopped_name` is
+    empty a container that ran before them and exited (a one-off step such as a migration),
+    which has no stats any more."""
 
     region: str = "us-west-2"
     account: str = "111122223333"
@@ -66,6 +71,8 @@ class EcsTask:
     service_name: str = ""  # ServiceName, present only for tasks started by a service
     sidecar_name: str = "coldtail"
     sidecar_image: str = "111122223333.dkr.ecr.us-west-2.amazonaws.com/coldtail:0.1.0"
+    stopped_name: str = ""
+    stopped_image: str = "111122223333.dkr.ecr.us-west-2.amazonaws.com/migrate"
 
     def __post_init__(self) -> None:
         self.container_id = self.container_id or f"{self.task_id}-2495160603"
@@ -114,7 +121,7 @@ class EcsTask:
             "PullStartedAt": _PULL_STARTED,
             "PullStoppedAt": _PULL_STOPPED,
             "AvailabilityZone": self.availability_zone,
-            "Containers": [self.container_document(), *self._sidecars()],
+            "Containers": [self.container_document(), *self._sidecars(), *self._stopped()],
             "LaunchType": self.launch_type,
             "ClockDrift": {
                 "ClockErrorBound": 0.446931,
@@ -128,15 +135,19 @@ class EcsTask:
         return document
 
     def stats_document(self) -> dict:
-        """What GET ${ECS_CONTAINER_METADATA_URI_V4}/stats answers: a Docker ContainerStats
-        object with the fields most readers use."""
+        """What GET ${ECS_CONTAINER_METADATA_URI_V4}/stats answers: Docker's ContainerStats
+        (cgroup v1, as Fargate's Linux platform 1.4.0 serves them) with ECS's
+        network_rate_stats."""
         return _stats(self.container_name, self.container_id, load=2)
 
     def task_stats_document(self) -> dict:
-        """What GET ${ECS_CONTAINER_METADATA_URI_V4}/task/stats answers."""
-        stats = {self.container_id: self.stats_document()}
+        """What GET ${ECS_CONTAINER_METADATA_URI_V4}/task/stats answers: every container's
+        stats by DockerId, null for a container that is not running."""
+        stats: dict[str, dict | None] = {self.container_id: self.stats_document()}
         for sidecar in self._sidecars():
             stats[sidecar["DockerId"]] = _stats(sidecar["Name"], sidecar["DockerId"])
+        for stopped in self._stopped():
+            stats[stopped["DockerId"]] = None
         return stats
 
     def _sidecars(self) -> list[dict]:
@@ -145,6 +156,17 @@ class EcsTask:
         docker_id = f"{self.task_id}-3681984407"
         arn = self.arn(f"container/{self.cluster}/{self.task_id}/{_SIDECAR_UUID}")
         return [self._container(self.sidecar_name, self.sidecar_image, docker_id, arn, cpu=256)]
+
+    def _stopped(self) -> list[dict]:
+        if not self.stopped_name:
+            return []
+        docker_id = f"{self.task_id}-1021776474"
+        arn = self.arn(f"container/{self.cluster}/{self.task_id}/{_STOPPED_UUID}")
+        container = self._container(self.stopped_name, self.stopped_image, docker_id, arn, cpu=0)
+        container.update(
+            DesiredStatus="STOPPED", KnownStatus="STOPPED", ExitCode=0, FinishedAt=_FINISHED
+        )
+        return [container]
 
     def _container(self, name: str, image: str, docker_id: str, arn: str, cpu: int) -> dict:
         return {
@@ -220,11 +242,12 @@ def _stats(name: str, docker_id: str, load: int = 1) -> dict:
         "pids_stats": {"current": 3},
         "cpu_stats": current,
         "precpu_stats": previous,
+        "storage_stats": {},
         "memory_stats": {
             "usage": 52_428_800 * load,
             "max_usage": 62_914_560 * load,
             "limit": 536_870_912,
-            "stats": {"cache": 4_194_304 * load, "rss": 41_943_040 * load},
+            "stats": _memory_stats(load),
         },
         "networks": {
             "eth1": {
@@ -243,12 +266,49 @@ def _stats(name: str, docker_id: str, load: int = 1) -> dict:
             "tx_bytes_per_sec": 600.0 * load,
         },
         "blkio_stats": {
-            "io_service_bytes_recursive": [
-                {"major": 259, "minor": 0, "op": "Read", "value": 8_192_000 * load},
-                {"major": 259, "minor": 0, "op": "Write", "value": 1_024_000 * load},
-                {"major": 259, "minor": 0, "op": "Total", "value": 9_216_000 * load},
-            ]
+            "io_service_bytes_recursive": _blkio(8_192_000 * load, 1_024_000 * load),
+            "io_serviced_recursive": _blkio(250 * load, 40 * load),
+            "io_queue_recursive": [],
+            "io_service_time_recursive": [],
+            "io_wait_time_recursive": [],
+            "io_merged_recursive": [],
+            "io_time_recursive": [],
+            "sectors_recursive": [],
         },
+    }
+
+
+def _blkio(read: int, write: int) -> list[dict]:
+    """One block device's entries of a blkio_stats list, per operation, as cgroup v1 has them."""
+    values = {"Read": read, "Write": write, "Sync": write, "Async": read, "Discard": 0}
+    values["Total"] = read + write
+    return [{"major": 259, "minor": 0, "op": op, "value": v} for op, v in values.items()]
+
+
+def _memory_stats(load: int) -> dict:
+    """memory_stats.stats of cgroup v1 (the hierarchical totals mirror the container's own)."""
+    own = {
+        "active_anon": 37_748_736 * load,
+        "active_file": 2_097_152 * load,
+        "cache": 4_194_304 * load,
+        "dirty": 0,
+        "inactive_anon": 4_194_304 * load,
+        "inactive_file": 2_097_152 * load,
+        "mapped_file": 1_048_576 * load,
+        "pgfault": 24_000 * load,
+        "pgmajfault": 3,
+        "pgpgin": 15_000 * load,
+        "pgpgout": 2_100 * load,
+        "rss": 41_943_040 * load,
+        "rss_huge": 0,
+        "unevictable": 0,
+        "writeback": 0,
+    }
+    return {
+        **own,
+        "hierarchical_memory_limit": 536_870_912,
+        "hierarchical_memsw_limit": 9_223_372_036_854_771_712,
+        **{f"total_{key}": value for key, value in own.items()},
     }
 
 
