@@ -7,8 +7,7 @@ server sends RetryInfo (its delay is then honoured); every other code is permane
 
 from __future__ import annotations
 
-import functools
-from typing import Literal, cast
+from typing import Literal
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -20,6 +19,7 @@ from collector.core.config_types import ComponentConfig
 from collector.core.consumer import ConsumerError, PermanentError, RetryableError
 from collector.core.pdata import GRPC_SERVICES, RESPONSE_TYPES, Encoded
 from collector.core.signals import Signal
+from collector.exporters.grpc_client import GrpcCallError, GrpcChannel
 from collector.exporters.sender import (
     Exporter,
     SenderConfig,
@@ -57,7 +57,8 @@ class ClientConfig(ComponentConfig):
     headers: dict[str, str] = Field(default_factory=dict)
     """Sent with every request as gRPC metadata, keys lowercased (default empty = none)."""
     compression: Literal["gzip", "none"] = "gzip"
-    """Request compression: gzip (default) or none."""
+    """Request compression: gzip (default; ISA-L at level 1, about 6.5 times smaller for OTLP
+    spans) or none."""
 
     @field_validator("endpoint")
     @classmethod
@@ -91,13 +92,6 @@ def _strip_scheme(endpoint: str) -> str:
     return endpoint
 
 
-def _read(path: str) -> bytes | None:
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _retry_delay(metadata) -> float | None:
     """The RetryInfo delay (seconds) in a gRPC status's details, or None."""
     for key, value in metadata or ():
@@ -116,23 +110,21 @@ def _retry_delay(metadata) -> float | None:
     return None
 
 
-def classify(error: grpc.RpcError) -> ConsumerError:
-    """The pipeline error for a failed gRPC call (the error is also the call's grpc.Call)."""
-    call = cast(grpc.Call, error)
-    code = call.code()
-    delay = _retry_delay(call.trailing_metadata())
-    message = f"gRPC status {code.name}: {call.details()}"
+def classify(error: GrpcCallError) -> ConsumerError:
+    """The pipeline error for a failed gRPC call."""
+    code = error.code
+    delay = _retry_delay(error.metadata)
+    message = f"gRPC status {code.name}: {error.details}"
     if code in _RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
         return RetryableError(message, retry_after=delay)
     return PermanentError(message)
 
 
 class OTLPExporter(Exporter[Config]):
-    """Each call runs on a thread of the exporter's own, on a blocking channel: gRPC compresses
-    on the calling thread, with the GIL released, and gzip of an 8192-span batch takes some
-    30 ms that would otherwise stall every receiver on the event loop (bench/throughput.py,
-    p99 round trip of a receiver's client at half load: 38 ms with grpc.aio calls, 8 ms
-    with these threads)."""
+    """Calls go out on the event loop over one HTTP/2 connection (grpc_client.GrpcChannel);
+    gzip runs on the exporter's threads with ISA-L at level 1 (1.5 ms for an 8192-span batch,
+    where grpcio's channel spends 22 ms with zlib at level 6). otlp -> batch -> otlp over gRPC
+    in bench/throughput.py went from 115k to 163k spans per CPU-second."""
 
     # Requests go out as bytes (pdata.Encoded): a batch processor in front concatenates the
     # receivers' requests instead of merging and re-encoding them.
@@ -141,48 +133,52 @@ class OTLPExporter(Exporter[Config]):
     def __init__(self, settings: Settings, config: Config, signal: Signal) -> None:
         super().__init__(settings, config, signal)
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
-        self._channel: grpc.Channel | None = None
-        self._export: grpc.UnaryUnaryMultiCallable | None = None
+        self._method = f"/{GRPC_SERVICES[signal]}/Export"
+        self._channel: GrpcChannel | None = None
 
     async def connect(self) -> None:
         cfg = self.config
-        target = _strip_scheme(cfg.endpoint)
-        options = [("grpc.primary_user_agent", "coldtail")]
-        if cfg.tls.server_name_override:
-            options.append(("grpc.ssl_target_name_override", cfg.tls.server_name_override))
-        compression = grpc.Compression.Gzip if cfg.compression == "gzip" else None
-        if cfg.secure:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(cfg.tls.ca_file),
-                private_key=_read(cfg.tls.key_file),
-                certificate_chain=_read(cfg.tls.cert_file),
-            )
-            self._channel = grpc.secure_channel(target, credentials, options, compression)
-        else:
-            self._channel = grpc.insecure_channel(target, options, compression)
-        self._export = self._channel.unary_unary(
-            f"/{GRPC_SERVICES[self.signal]}/Export",
-            response_deserializer=RESPONSE_TYPES[self.signal].FromString,
+        host, _, port = _strip_scheme(cfg.endpoint).rpartition(":")
+        self._channel = GrpcChannel(
+            host,
+            int(port),
+            tls=cfg.tls.ssl_context() if cfg.secure else None,
+            server_hostname=cfg.tls.server_name_override or None,
+            user_agent="coldtail",
         )
 
     async def disconnect(self) -> None:
         if self._channel is not None:
-            self._channel.close()
+            await self._channel.close()
             self._channel = None
 
     async def push(self, batch) -> None:
-        export = self._export
-        assert export is not None, "push before connect"
+        channel = self._channel
+        assert channel is not None, "push before connect"
         data = Encoded.of(batch).data
-        # The deadline tells the server when to give up too, and ends the thread's call; the
-        # sender's own timeout may stop waiting for it first.
-        timeout = self.config.timeout or None
-        call = functools.partial(export, data, metadata=self._metadata, timeout=timeout)
+        encoding = "identity"
+        if self.config.compression == "gzip":
+            data, encoding = await self.run_blocking(_gzip, data), "gzip"
+        # The deadline (grpc-timeout) tells the server when to give up too.
         try:
-            response = await self.run_blocking(call)
-        except grpc.RpcError as e:
+            response = await channel.unary(
+                self._method,
+                data,
+                encoding=encoding,
+                metadata=self._metadata,
+                timeout=self.config.timeout or None,
+            )
+        except GrpcCallError as e:
             raise classify(e) from None
-        check_partial_success(response, self.signal, self.log)
+        check_partial_success(
+            RESPONSE_TYPES[self.signal].FromString(response), self.signal, self.log
+        )
+
+
+def _gzip(data: bytes) -> bytes:
+    from isal import isal_zlib  # the exporter's alone: the Lambda layer goes without
+
+    return isal_zlib.compress(data, 1, wbits=31)  # 31: the gzip format
 
 
 factory = Factory(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,12 @@ class TLSClientConfig(ComponentConfig):
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("cert_file and key_file must be set together")
         return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
 
 def check_partial_success(response, signal: Signal, log) -> None:
