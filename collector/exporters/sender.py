@@ -25,6 +25,7 @@ from collector.core.consumer import PermanentError, RetryableError
 from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, Encoded, count_items
 from collector.core.signals import ITEM_NAMES, Signal
 from collector.core.storage import QueueStore, queue_store
+from collector.core.telemetry import DropLog
 
 Push = Callable[[object], Awaitable[None]]
 # Once shutting down, retries wait at most this long: the shutdown timeout is the budget left.
@@ -170,6 +171,12 @@ class Sender:
         self._closed = False
         self._closing = asyncio.Event()  # wakes retries asleep in their backoff
         self._store: QueueStore | None = None
+        # A full or failing disk refuses every batch: one line per 10 s says so, with counts.
+        self._store_refusals = DropLog(
+            self._log,
+            "persistent queue cannot store: data refused, clients told to retry",
+            ITEM_NAMES[signal],
+        )
 
     async def open_storage(self, host: Host, owner: str) -> None:
         """With `sending_queue.storage`, keep the queue there and queue what it holds from
@@ -221,6 +228,7 @@ class Sender:
                 key = await asyncio.to_thread(self._store.add, data)
             except OSError as e:
                 self._enqueue_failed.inc(count_items(batch))
+                self._store_refusals.drop(e.strerror or repr(e), count_items(batch))
                 raise RetryableError(f"persistent queue cannot store: {e.strerror}") from None
         try:
             self._queue.put_nowait((key, batch))

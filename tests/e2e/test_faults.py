@@ -7,6 +7,7 @@ lost. Bounded: a few thousand spans and outages of seconds, on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -161,11 +162,16 @@ def tally(case: str, sent: int, acked: set[int], backend: BackendProcess) -> Row
 
 
 def collector(
-    tmp_path: Path, backend_port: int, queue: int, retry: str, persistent: bool = False
+    tmp_path: Path,
+    backend_port: int,
+    queue: int,
+    retry: str,
+    persistent: bool = False,
+    directory: Path | None = None,
 ) -> tuple[CollectorProcess, int]:
     port = free_port()
     config = tmp_path / "collector.yaml"
-    storage = STORAGE.format(directory=tmp_path / "queue") if persistent else ""
+    storage = STORAGE.format(directory=directory or tmp_path / "queue") if persistent else ""
     config.write_text(
         CONFIG.format(
             port=port,
@@ -293,6 +299,62 @@ async def test_sigkill_with_the_persistent_queue_then_a_restart_sends_everything
         backend.kill()
     row = tally("SIGKILL with the persistent queue, then a restart", 5_000, acked, backend)
     assert row.acked == 5_000 and row.lost == 0
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str, *options: str):
+    """A tmpfs of `size` mounted at `path` for the test (it needs root, as the suite runs)."""
+    path.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs"]
+    done = subprocess.run([*mount, str(path)], capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_a_full_disk_refuses_with_retry_and_loses_nothing_acknowledged(tmp_path):
+    backend_port = free_port()
+    backend = BackendProcess(tmp_path / "received.jsonl", backend_port)
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        process, port = collector(
+            tmp_path, backend_port, queue=200, retry="200ms", persistent=True, directory=disk
+        )
+        await asyncio.to_thread(process.start)
+        try:
+            # Backend down: every acknowledged request is a file on the 256 KiB disk.
+            acked, refused = await asyncio.to_thread(flood, port, 0, 40, 100, 100)
+            assert refused > 0 and acked, (len(acked), refused)
+            assert process.proc is not None and process.proc.poll() is None
+            await asyncio.to_thread(backend.start)
+            deadline = time.monotonic() + 30
+            while len(set(backend.sequence_numbers()) & acked) < len(acked):
+                assert time.monotonic() < deadline, process.log
+                await asyncio.sleep(0.2)
+            assert "persistent queue cannot store" in process.log
+            assert "No space left on device" in process.log
+            # Sent, the records are gone from the disk, which takes new data again.
+            more, refused_after = await asyncio.to_thread(flood, port, 100_000, 5, 100, 100)
+            assert refused_after == 0 and len(more) == 500
+            assert await asyncio.to_thread(process.stop) == 0, process.log
+        finally:
+            process.kill()
+            backend.kill()
+    row = tally("disk full under the persistent queue", 4_000, acked, backend)
+    assert row.lost == 0
+
+
+async def test_a_read_only_queue_directory_is_a_clear_startup_error(tmp_path):
+    with small_disk(tmp_path / "disk", "64k", "ro") as disk:
+        process, _ = collector(
+            tmp_path, free_port(), queue=10, retry="200ms", persistent=True, directory=disk
+        )
+        with pytest.raises(RuntimeError) as failed:
+            await asyncio.to_thread(process.start)
+    assert f"{disk} is not writable" in str(failed.value)
+    assert "Traceback" not in str(failed.value)
 
 
 LIMITED = """
