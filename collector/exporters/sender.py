@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -39,8 +39,19 @@ class QueueConfig(ComponentConfig):
     num_consumers: int = Field(10, ge=1)
     """How many batches are sent concurrently from the queue (default 10)."""
     queue_size: int = Field(1000, ge=1)
-    """Most batches held in the queue (default 1000). When full, new batches are refused with a
-    retryable error (the receiver answers 503 / UNAVAILABLE)."""
+    """The most the queue holds, in units of `sizer` (default 1000). When full, new batches are
+    refused with a retryable error (the receiver answers 503 / UNAVAILABLE), unless
+    `block_on_overflow`. A single batch larger than this is refused as a permanent error."""
+    sizer: Literal["requests", "items", "bytes"] = "requests"
+    """What `queue_size` counts: `requests` (batches, default), `items` (spans, data points,
+    log records) or `bytes` (of the batches' protobuf encoding)."""
+    block_on_overflow: bool = False
+    """When the queue is full, wait for room instead of refusing the batch (default false). The
+    sender upstream, such as a receiver's client, then waits too."""
+    wait_for_result: bool = False
+    """Hold each batch's sender until the batch was exported or given up on, and hand it the
+    outcome (default false: done once queued). A receiver then answers its client only after
+    the backend took the data."""
     storage: str | None = None
     """A storage extension, like `file_storage`, that keeps the queue on disk (default none:
     in memory). A batch is acknowledged once stored, and what was stored and not yet sent when
@@ -158,14 +169,16 @@ class Sender:
         self._sent = t.exporter_sent[signal].labels(exporter=exporter)
         self._failed = t.exporter_send_failed[signal].labels(exporter=exporter)
         self._enqueue_failed = t.exporter_enqueue_failed[signal].labels(exporter=exporter)
+        # Entries are (storage key or None, batch, size in sizer units, future of its outcome
+        # or None); the queue itself is unbounded, `_used` against queue_size bounds it.
         self._queue: asyncio.Queue | None = None
+        self._used = 0
+        self._room = asyncio.Event()  # set when a batch leaves the queue (or at shutdown)
         if self._queue_cfg.enabled:
-            self._queue = asyncio.Queue(self._queue_cfg.queue_size)
+            self._queue = asyncio.Queue()
             gauges = dict(exporter=exporter, data_type=signal.value)
             t.exporter_queue_capacity.labels(**gauges).set(self._queue_cfg.queue_size)
-            t.exporter_queue_size.labels(**gauges).set_function(
-                lambda: self._queue.qsize() if self._queue else 0
-            )
+            t.exporter_queue_size.labels(**gauges).set_function(lambda: self._used)
         self._workers: list[asyncio.Task] = []
         self._in_flight = 0  # items the consumers are sending right now
         self._closed = False
@@ -187,7 +200,6 @@ class Sender:
         store = queue_store(host, name, owner)
         records = await asyncio.to_thread(store.records)
         # Records beyond the configured size (it may have shrunk) still all get queued.
-        self._queue = asyncio.Queue(max(self._queue_cfg.queue_size, len(records)))
         restored = 0
         for key, record in records:
             try:
@@ -196,7 +208,9 @@ class Sender:
                 self._log.error(f"persistent queue: record {key} is not a batch; dropped")
                 store.remove(key)
                 continue
-            self._queue.put_nowait((key, batch))
+            size = self._size(batch)
+            self._used += size
+            self._queue.put_nowait((key, batch, size, None))
             restored += count_items(batch)
         self._store = store
         if restored:
@@ -218,25 +232,48 @@ class Sender:
         if self._queue is None:
             await self._export(batch)
             return
-        if self._queue.full():
+        size, capacity = self._size(batch), self._queue_cfg.queue_size
+        if size > capacity:
             self._enqueue_failed.inc(count_items(batch))
-            raise RetryableError("sending queue is full")
+            raise PermanentError(
+                f"a batch of {size} {self._queue_cfg.sizer} is larger than the sending queue "
+                f"({capacity})"
+            )
+        while self._used + size > capacity:
+            if not self._queue_cfg.block_on_overflow or self._closed:
+                self._enqueue_failed.inc(count_items(batch))
+                raise RetryableError("sending queue is full")
+            self._room.clear()
+            await self._room.wait()
+        self._used += size  # reserved while the batch is stored
         key = None
         if self._store is not None:
             data = batch.data if isinstance(batch, Encoded) else batch.SerializeToString()
             try:
                 key = await asyncio.to_thread(self._store.add, data)
             except OSError as e:
+                self._release(size)
                 self._enqueue_failed.inc(count_items(batch))
                 self._store_refusals.drop(e.strerror or repr(e), count_items(batch))
                 raise RetryableError(f"persistent queue cannot store: {e.strerror}") from None
-        try:
-            self._queue.put_nowait((key, batch))
-        except asyncio.QueueFull:  # filled while the batch was being stored
-            if key is not None:
-                self._store_remove(key)
-            self._enqueue_failed.inc(count_items(batch))
-            raise RetryableError("sending queue is full") from None
+        outcome = (
+            asyncio.get_running_loop().create_future() if self._queue_cfg.wait_for_result else None
+        )
+        self._queue.put_nowait((key, batch, size, outcome))
+        if outcome is not None:
+            await outcome
+
+    def _size(self, batch) -> int:
+        sizer = self._queue_cfg.sizer
+        if sizer == "requests":
+            return 1
+        if sizer == "items":
+            return count_items(batch)
+        return len(batch.data) if isinstance(batch, Encoded) else batch.ByteSize()
+
+    def _release(self, size: int) -> None:
+        self._used -= size
+        self._room.set()
 
     async def flush(self) -> None:
         """Wait until every batch queued so far has been sent (or given up on)."""
@@ -249,6 +286,7 @@ class Sender:
         in their backoff wake and try again at once."""
         self._closed = True
         self._closing.set()
+        self._room.set()  # senders waiting for room give up
         queue = self._queue
         if queue is None or not self._workers:
             return
@@ -257,7 +295,11 @@ class Sender:
         finally:
             left = self._in_flight
             while not queue.empty():
-                left += count_items(queue.get_nowait()[1])
+                _, batch, size, outcome = queue.get_nowait()
+                left += count_items(batch)
+                self._release(size)
+                if outcome is not None and not outcome.done():
+                    outcome.set_exception(RetryableError("exporter is shutting down"))
                 queue.task_done()
             if left and self._store is not None:
                 self._log.warning(
@@ -278,13 +320,21 @@ class Sender:
 
     async def _consume_queue(self, queue: asyncio.Queue) -> None:
         while True:
-            key, batch = await queue.get()
+            key, batch, size, outcome = await queue.get()
+            self._release(size)
             items = count_items(batch)
             self._in_flight += items
             try:
-                # _export counts and logs a failure; the batch is then dropped.
-                with contextlib.suppress(Exception):
+                # _export counts and logs a failure; the batch is then dropped, and its waiting
+                # sender, if any, told.
+                try:
                     await self._export(batch)
+                except Exception as e:
+                    if outcome is not None and not outcome.done():
+                        outcome.set_exception(e)
+                else:
+                    if outcome is not None and not outcome.done():
+                        outcome.set_result(None)
                 if key is not None:  # sent or given up: either way done with
                     self._store_remove(key)
             finally:

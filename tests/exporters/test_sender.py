@@ -239,3 +239,67 @@ async def test_shutdown_without_start_is_safe():
     h = Harness(Backend())
     await h.sender.shutdown()
     await h.sender.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("sizer", "capacity", "fits"),
+    [("requests", 3, 3), ("items", 10, 2), ("bytes", 0, 2)],  # bytes: sized from a batch below
+)
+async def test_the_queue_size_counts_in_the_units_of_its_sizer(sizer, capacity, fits):
+    batch = make_traces(4)
+    if sizer == "bytes":
+        capacity = 2 * batch.ByteSize() + 1
+    backend = Backend(delay=10)
+    h = Harness(backend, sending_queue={"num_consumers": 1, "queue_size": capacity, "sizer": sizer})
+    # Not started: everything stays queued.
+    for _ in range(fits):
+        await h.sender.send(make_traces(4))
+    with pytest.raises(RetryableError, match="queue is full"):
+        await h.sender.send(make_traces(4))
+    assert h.gauge("queue_size") == {"requests": 3, "items": 8, "bytes": capacity - 1}[sizer]
+
+
+async def test_a_batch_larger_than_the_whole_queue_is_refused_for_good():
+    h = Harness(Backend(), sending_queue={"queue_size": 5, "sizer": "items"})
+    with pytest.raises(PermanentError, match="larger than the sending queue"):
+        await h.sender.send(make_traces(6))
+    assert h.count("enqueue_failed") == 6
+
+
+async def test_block_on_overflow_waits_for_room_instead_of_refusing():
+    backend = Backend(delay=0.05)
+    h = Harness(
+        backend, sending_queue={"num_consumers": 1, "queue_size": 1, "block_on_overflow": True}
+    )
+    h.sender.start()
+    started = time.monotonic()
+    for _ in range(4):
+        await h.sender.send(make_traces(1))  # each waits until the consumer took the last
+    assert time.monotonic() - started >= 0.1
+    await h.sender.shutdown()
+    assert len(backend.batches) == 4 and h.count("enqueue_failed") == 0
+
+
+async def test_a_sender_blocked_on_overflow_is_refused_at_shutdown():
+    h = Harness(
+        Backend(delay=10),
+        sending_queue={"num_consumers": 1, "queue_size": 1, "block_on_overflow": True},
+    )
+    await h.sender.send(make_traces(1))
+    blocked = asyncio.create_task(h.sender.send(make_traces(1)))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    await h.sender.shutdown()
+    with pytest.raises(RetryableError, match="queue is full"):
+        await blocked
+
+
+async def test_wait_for_result_hands_each_sender_its_batchs_outcome():
+    backend = Backend(PermanentError("bad data"), delay=0.02)
+    h = Harness(backend, sending_queue={"num_consumers": 1, "wait_for_result": True})
+    h.sender.start()
+    with pytest.raises(PermanentError, match="bad data"):
+        await h.sender.send(make_traces(2))
+    await h.sender.send(make_traces(3))  # returns once exported
+    assert [len(b.resource_spans[0].scope_spans[0].spans) for b in backend.batches] == [3]
+    await h.sender.shutdown()
