@@ -22,14 +22,38 @@ from pydantic import Field, model_validator
 from collector.core.component import Host, Settings
 from collector.core.config_types import ComponentConfig, Duration, format_duration
 from collector.core.consumer import PermanentError, RetryableError
-from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, Encoded, count_items
+from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, Encoded, count_items, new_batch
 from collector.core.signals import ITEM_NAMES, Signal
+from collector.core.split import split_batch
 from collector.core.storage import QueueStore, queue_store
 from collector.core.telemetry import DropLog
 
 Push = Callable[[object], Awaitable[None]]
 # Once shutting down, retries wait at most this long: the shutdown timeout is the budget left.
 _SHUTDOWN_RETRY_S = 0.5
+
+
+class QueueBatchConfig(ComponentConfig):
+    """Batching in the sending queue, as the Collector now recommends over the batch processor:
+    the consumers merge queued batches before they send."""
+
+    flush_timeout: Duration = Field(0.2, gt=0)
+    """Send what was gathered this long after its first batch, however small (default 200ms)."""
+    min_size: int = Field(8192, ge=0)
+    """Send as soon as this much is gathered, in units of `sizer` (default 8192)."""
+    max_size: int = Field(0, ge=0)
+    """Split larger requests to at most this many items (default 0 = no limit); only with the
+    `items` sizer."""
+    sizer: Literal["items", "bytes"] = "items"
+    """What `min_size` and `max_size` count: `items` (default) or `bytes`."""
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> QueueBatchConfig:
+        if self.max_size and self.sizer != "items":
+            raise ValueError("max_size: only with sizer items")
+        if self.max_size and self.max_size < self.min_size:
+            raise ValueError("max_size: must be at least min_size")
+        return self
 
 
 class QueueConfig(ComponentConfig):
@@ -48,6 +72,8 @@ class QueueConfig(ComponentConfig):
     block_on_overflow: bool = False
     """When the queue is full, wait for room instead of refusing the batch (default false). The
     sender upstream, such as a receiver's client, then waits too."""
+    batch: QueueBatchConfig | None = None
+    """Merge queued batches before sending (default none; `batch: {}` for the defaults)."""
     wait_for_result: bool = False
     """Hold each batch's sender until the batch was exported or given up on, and hand it the
     outcome (default false: done once queued). A receiver then answers its client only after
@@ -174,6 +200,9 @@ class Sender:
         self._queue: asyncio.Queue | None = None
         self._used = 0
         self._room = asyncio.Event()  # set when a batch leaves the queue (or at shutdown)
+        self._batch_cfg = self._queue_cfg.batch
+        self._max_size = self._batch_cfg.max_size if self._batch_cfg else 0
+        self._gathering = asyncio.Lock()
         if self._queue_cfg.enabled:
             self._queue = asyncio.Queue()
             gauges = dict(exporter=exporter, data_type=signal.value)
@@ -320,26 +349,81 @@ class Sender:
 
     async def _consume_queue(self, queue: asyncio.Queue) -> None:
         while True:
-            key, batch, size, outcome = await queue.get()
-            self._release(size)
-            items = count_items(batch)
-            self._in_flight += items
+            entries: list = []
             try:
-                # _export counts and logs a failure; the batch is then dropped, and its waiting
-                # sender, if any, told.
-                try:
-                    await self._export(batch)
-                except Exception as e:
-                    if outcome is not None and not outcome.done():
-                        outcome.set_exception(e)
+                if self._batch_cfg is None:
+                    entries.append(self._take(await queue.get()))
                 else:
+                    async with self._gathering:  # one consumer gathers at a time
+                        await self._gather(queue, entries)
+                # _export counts and logs a failure; the data is then dropped, and its waiting
+                # senders, if any, told.
+                error: Exception | None = None
+                for chunk in self._requests([batch for _, batch, _, _ in entries]):
+                    try:
+                        await self._export(chunk)
+                    except Exception as e:
+                        error = error or e
+                for key, _, _, outcome in entries:
                     if outcome is not None and not outcome.done():
-                        outcome.set_result(None)
-                if key is not None:  # sent or given up: either way done with
-                    self._store_remove(key)
+                        if error is None:
+                            outcome.set_result(None)
+                        else:
+                            outcome.set_exception(error)
+                    if key is not None:  # sent or given up: either way done with
+                        self._store_remove(key)
             finally:
-                self._in_flight -= items
-                queue.task_done()
+                for _, batch, _, _ in entries:
+                    self._in_flight -= count_items(batch)
+                    queue.task_done()
+
+    def _take(self, entry: tuple) -> tuple:
+        """An entry the consumer took off the queue: its room is free, its items in flight."""
+        self._release(entry[2])
+        self._in_flight += count_items(entry[1])
+        return entry
+
+    async def _gather(self, queue: asyncio.Queue, entries: list) -> None:
+        """Take queued entries until they hold `batch.min_size` or `batch.flush_timeout` has
+        passed since the first."""
+        cfg = self._batch_cfg
+        assert cfg is not None
+        entries.append(self._take(await queue.get()))
+        gathered = self._batch_size(entries[0][1])
+        deadline = asyncio.get_running_loop().time() + cfg.flush_timeout
+        while gathered < cfg.min_size:
+            try:
+                if self._closed:  # what is queued still goes together, without waiting
+                    entry = queue.get_nowait()
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        entry = await queue.get()
+            except (TimeoutError, asyncio.QueueEmpty):
+                return
+            entries.append(self._take(entry))
+            gathered += self._batch_size(entry[1])
+
+    def _batch_size(self, batch) -> int:
+        assert self._batch_cfg is not None
+        if self._batch_cfg.sizer == "items":
+            return count_items(batch)
+        return len(batch.data) if isinstance(batch, Encoded) else batch.ByteSize()
+
+    def _requests(self, batches: list) -> list:
+        """The gathered batches as the requests to send: merged, then cut to `max_size`."""
+        if len(batches) == 1:
+            merged = batches[0]
+        elif all(isinstance(b, Encoded) for b in batches):
+            merged = Encoded.join(batches)  # concatenated requests are one request
+        else:
+            merged = new_batch(self._signal)
+            for batch in batches:
+                merged.MergeFrom(batch.decode() if isinstance(batch, Encoded) else batch)
+        if self._max_size and count_items(merged) > self._max_size:
+            if isinstance(merged, Encoded):
+                merged = merged.decode()
+            return split_batch(merged, self._max_size)
+        return [merged]
 
     def _store_remove(self, key: int) -> None:
         assert self._store is not None

@@ -168,6 +168,7 @@ def collector(
     retry: str,
     persistent: bool = False,
     directory: Path | None = None,
+    queue_batch: bool = False,
 ) -> tuple[CollectorProcess, int]:
     port = free_port()
     config = tmp_path / "collector.yaml"
@@ -180,7 +181,8 @@ def collector(
             retry=retry,
             metrics=free_port(),
             storage=storage,
-            queue_storage=", storage: file_storage" if persistent else "",
+            queue_storage=(", storage: file_storage" if persistent else "")
+            + (", batch: {min_size: 1000, flush_timeout: 100ms}" if queue_batch else ""),
             extensions="file_storage" if persistent else "",
             # The batch processor holds data in memory: with a persistent queue, a client is
             # acknowledged only once its data is on disk when nothing stands in between.
@@ -278,16 +280,20 @@ async def test_the_otel_sdk_through_an_outage_behind_the_batch_processor(tmp_pat
     assert row.acked == 5_000 and row.lost == 0
 
 
-async def test_sigkill_with_the_persistent_queue_then_a_restart_sends_everything(tmp_path):
+@pytest.mark.parametrize("queue_batch", [False, True], ids=["", "batching in the queue"])
+async def test_sigkill_with_the_persistent_queue_then_a_restart_sends_everything(
+    tmp_path, queue_batch
+):
     backend_port = free_port()
     backend = BackendProcess(tmp_path / "received.jsonl", backend_port)
-    process, port = collector(tmp_path, backend_port, queue=200, retry="200ms", persistent=True)
+    options = dict(queue=200, retry="200ms", persistent=True, queue_batch=queue_batch)
+    process, port = collector(tmp_path, backend_port, **options)
     await asyncio.to_thread(process.start)
     try:
         acked = await asyncio.to_thread(send_all, port, 50, 100, 30)
         process.kill()  # SIGKILL at once: nothing gets to run
         await asyncio.to_thread(backend.start)
-        process, port = collector(tmp_path, backend_port, queue=200, retry="200ms", persistent=True)
+        process, port = collector(tmp_path, backend_port, **options)
         await asyncio.to_thread(process.start)
         deadline = time.monotonic() + 30
         while len(set(backend.sequence_numbers()) & acked) < len(acked):
@@ -297,7 +303,8 @@ async def test_sigkill_with_the_persistent_queue_then_a_restart_sends_everything
     finally:
         process.kill()
         backend.kill()
-    row = tally("SIGKILL with the persistent queue, then a restart", 5_000, acked, backend)
+    case = "SIGKILL with the persistent queue" + (", batching in it" if queue_batch else "")
+    row = tally(f"{case}, then a restart", 5_000, acked, backend)
     assert row.acked == 5_000 and row.lost == 0
 
 

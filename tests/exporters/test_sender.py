@@ -6,6 +6,7 @@ import pytest
 
 from collector.core.component import Kind
 from collector.core.consumer import PermanentError, RetryableError
+from collector.core.pdata import count_items
 from collector.core.signals import Signal
 from collector.core.telemetry import Telemetry
 from collector.exporters.sender import QueueConfig, RetryConfig, Sender, SenderConfig
@@ -303,3 +304,76 @@ async def test_wait_for_result_hands_each_sender_its_batchs_outcome():
     await h.sender.send(make_traces(3))  # returns once exported
     assert [len(b.resource_spans[0].scope_spans[0].spans) for b in backend.batches] == [3]
     await h.sender.shutdown()
+
+
+def spans_per_request(backend: Backend) -> list[int]:
+    return [count_items(b) for b in backend.batches]
+
+
+async def test_queue_batching_merges_queued_batches_up_to_min_size():
+    backend = Backend()
+    h = Harness(backend, sending_queue={"batch": {"min_size": 10, "flush_timeout": "5s"}})
+    for _ in range(7):
+        await h.sender.send(make_traces(3))  # queued before the consumers start
+    h.sender.start()
+    async with asyncio.timeout(2):  # min_size, not the 5 s timeout, sends the first request
+        while not backend.batches:
+            await asyncio.sleep(0.01)
+    await h.sender.shutdown()
+    assert spans_per_request(backend)[0] == 12  # 4 batches reach min_size 10
+    assert sum(spans_per_request(backend)) == 21 and h.count("sent") == 21
+
+
+async def test_queue_batching_sends_a_small_batch_after_the_flush_timeout():
+    backend = Backend()
+    h = Harness(backend, sending_queue={"batch": {"min_size": 1000, "flush_timeout": "50ms"}})
+    h.sender.start()
+    started = time.monotonic()
+    await h.sender.send(make_traces(2))
+    await h.sender.send(make_traces(2))
+    async with asyncio.timeout(2):
+        while not backend.batches:
+            await asyncio.sleep(0.005)
+    assert time.monotonic() - started >= 0.04
+    assert spans_per_request(backend) == [4]
+    await h.sender.shutdown()
+
+
+async def test_queue_batching_cuts_requests_to_max_size():
+    backend = Backend()
+    h = Harness(
+        backend,
+        sending_queue={"batch": {"min_size": 10, "max_size": 10, "flush_timeout": "1s"}},
+    )
+    for _ in range(5):
+        await h.sender.send(make_traces(7))
+    h.sender.start()
+    await h.sender.shutdown()
+    assert sorted(spans_per_request(backend)) == [4, 4, 7, 10, 10]  # consumers send concurrently
+
+
+async def test_queue_batching_tells_every_waiting_sender_the_merged_requests_outcome():
+    backend = Backend(PermanentError("rejected"))
+    h = Harness(
+        backend,
+        sending_queue={
+            "wait_for_result": True,
+            "batch": {"min_size": 4, "flush_timeout": "1s"},
+        },
+    )
+    h.sender.start()
+    results = await asyncio.gather(
+        h.sender.send(make_traces(2)), h.sender.send(make_traces(2)), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [PermanentError, PermanentError]
+    assert backend.attempts == 1  # one merged request
+    await h.sender.shutdown()
+
+
+def test_queue_batch_options_are_checked():
+    with pytest.raises(ValueError, match="max_size: must be at least min_size"):
+        SenderConfig.model_validate({"sending_queue": {"batch": {"min_size": 10, "max_size": 5}}})
+    with pytest.raises(ValueError, match="max_size: only with sizer items"):
+        SenderConfig.model_validate(
+            {"sending_queue": {"batch": {"sizer": "bytes", "max_size": 10, "min_size": 1}}}
+        )

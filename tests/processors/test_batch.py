@@ -13,7 +13,8 @@ from collector.core.pdata import (
     signal_of,
 )
 from collector.core.signals import Signal
-from collector.processors.batch import Config, factory, split_batch
+from collector.core.split import split_batch
+from collector.processors.batch import Config, factory
 from tests.processors import make_processor, processor_metric
 from tests.support.builders import make_logs, make_metrics, make_traces
 from tests.support.sinks import ErrorConsumer, SinkConsumer
