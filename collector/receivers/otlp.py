@@ -37,6 +37,7 @@ from collector.core.endpoints import split_endpoint, with_port
 from collector.core.memory import MemoryPressure
 from collector.core.pdata import (
     GRPC_SERVICES,
+    LEVELS,
     REJECTED_FIELDS,
     REQUEST_TYPES,
     RESPONSE_TYPES,
@@ -44,6 +45,8 @@ from collector.core.pdata import (
     accepts_encoded,
     check_ids,
     count_items,
+    metric_points,
+    resources,
     split_wire,
 )
 from collector.core.signals import Signal
@@ -172,9 +175,26 @@ class Protocols(ComponentConfig):
     """OTLP/HTTP server. Present (even empty) enables it; absent disables it."""
 
 
+class Limits(ComponentConfig):
+    """Bounds on the work one request can cause, beside the size limits of each protocol; a
+    request over one is refused whole with 400 / INVALID_ARGUMENT, naming the limit."""
+
+    max_resources: int = Field(100_000, ge=0)
+    """Most resources (resource_spans, resource_metrics, resource_logs) in one request
+    (default 100000; 0 = no limit)."""
+    max_items: int = Field(1_000_000, ge=0)
+    """Most spans, metric data points or log records in one request (default 1000000; 0 = no
+    limit)."""
+    max_attributes: int = Field(0, ge=0)
+    """Most attributes on one resource, span or log record (default 0 = no limit; the
+    OpenTelemetry SDKs keep 128)."""
+
+
 class Config(ComponentConfig):
     protocols: Annotated[Protocols, _Defaulted] = Field(default_factory=Protocols)
     """The transports to serve; at least one of grpc and http must be set."""
+    limits: Limits = Field(default_factory=Limits)
+    """Per-request bounds on resources, items and attributes."""
 
     @model_validator(mode="before")
     @classmethod
@@ -276,6 +296,41 @@ def _status(code: int, message: str, retry_after_s: float | None = None) -> stat
     return status
 
 
+def _check_limits(limits: Limits, signal: Signal, batches: list) -> None:
+    """ValueError naming the first of `limits` the request's parts exceed together."""
+    if limits.max_resources:
+        n = sum(len(resources(batch)) for batch in batches)
+        if n > limits.max_resources:
+            raise ValueError(f"{n} resources, above limits::max_resources ({limits.max_resources})")
+    if limits.max_items:
+        n = sum(count_items(batch) for batch in batches)
+        if n > limits.max_items:
+            raise ValueError(f"{n} items, above limits::max_items ({limits.max_items})")
+    if limits.max_attributes:
+        n = max((_most_attributes(signal, batch) for batch in batches), default=0)
+        if n > limits.max_attributes:
+            raise ValueError(
+                f"an item with {n} attributes, above limits::max_attributes "
+                f"({limits.max_attributes})"
+            )
+
+
+def _most_attributes(signal: Signal, batch) -> int:
+    """The most attributes on one resource, span, log record or data point of `batch`."""
+    scopes_field, items_field = LEVELS[signal]
+    most = 0
+    for res in resources(batch):
+        most = max(most, len(res.resource.attributes))
+        for scope in getattr(res, scopes_field):
+            for item in getattr(scope, items_field):
+                if signal is Signal.METRICS:
+                    for point in metric_points(item):
+                        most = max(most, len(point.attributes))
+                else:
+                    most = max(most, len(item.attributes))
+    return most
+
+
 def _origin_matcher(patterns: list[str]) -> Callable[[str], bool]:
     regexes = [
         re.compile(".*".join(re.escape(part) for part in p.lower().split("*"))) for p in patterns
@@ -359,17 +414,19 @@ class OtlpReceiver:
         in between, and then goes down the pipeline in those parts. DecodeError / ValueError
         when any part is invalid: then nothing of the request has gone anywhere."""
         request_type = REQUEST_TYPES[signal]
+        parts: list[tuple[Any, bytes | None]] = []
         if codec is not _PROTOBUF:
             batch = codec.decode(body, request_type)
             check_ids(batch)
-            return [(batch, None)]
-        parts: list[tuple[Any, bytes | None]] = []
-        for data in split_wire(body, _BYTES_PER_PUSH):
-            if parts:
-                await asyncio.sleep(0)
-            batch = request_type.FromString(data)
-            check_ids(batch)
-            parts.append((batch, data))
+            parts.append((batch, None))
+        else:
+            for data in split_wire(body, _BYTES_PER_PUSH):
+                if parts:
+                    await asyncio.sleep(0)
+                batch = request_type.FromString(data)
+                check_ids(batch)
+                parts.append((batch, data))
+        _check_limits(self.config.limits, signal, [batch for batch, _ in parts])
         return parts
 
     async def _export(self, signal: Signal, parts: list[tuple[Any, bytes | None]], transport: str):

@@ -65,8 +65,10 @@ async def serve():
     """Start a receiver on free local ports; every one started is shut down after the test."""
     started: list[OtlpReceiver] = []
 
-    async def _serve(next: dict, protocols: dict | None = None) -> OtlpReceiver:
-        config = Config.model_validate({"protocols": protocols or BOTH})
+    async def _serve(
+        next: dict, protocols: dict | None = None, limits: dict | None = None
+    ) -> OtlpReceiver:
+        config = Config.model_validate({"protocols": protocols or BOTH, "limits": limits or {}})
         receiver = OtlpReceiver(make_settings("receiver", "otlp"), config, next)
         started.append(receiver)
         await receiver.start(StaticHost())
@@ -441,6 +443,37 @@ async def test_a_log_record_with_a_wrong_length_span_id_is_400(serve, http):
     assert status == 400
     assert "log record span_id: 5 bytes" in decode_status(response, PROTOBUF).message
     assert sink.batches == []
+
+
+@pytest.mark.parametrize(
+    ("limits", "fragment"),
+    [
+        ({"max_resources": 2}, "3 resources, above limits::max_resources (2)"),
+        ({"max_items": 5}, "6 items, above limits::max_items (5)"),
+        ({"max_attributes": 2}, "an item with 3 attributes, above limits::max_attributes (2)"),
+    ],
+)
+async def test_a_request_over_a_limit_is_refused_whole_naming_it(serve, http, limits, fragment):
+    sink = SinkConsumer()
+    receiver = await serve({Signal.TRACES: sink}, limits=limits)
+    # 3 resources of 2 spans; make_traces gives each span a route besides these attributes.
+    batch = make_traces(2, resource={"service.name": "a"}, attributes={"a": 1, "b": 2})
+    for _ in range(2):
+        batch.MergeFrom(make_traces(2, resource={"service.name": "a"}, attributes={"a": 1, "b": 2}))
+    status, _, response = await post(http, receiver, batch.SerializeToString())
+    assert status == 400
+    assert fragment in decode_status(response, PROTOBUF).message
+    async with grpc.aio.insecure_channel(receiver.grpc_endpoint) as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await export(batch.SerializeToString())
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in (raised.value.details() or "")
+    assert sink.batches == []
+    # Within the limits, the same shape passes.
+    within = make_traces(2, resource={"service.name": "a"}, attributes={"a": 1})
+    status, _, _ = await post(http, receiver, within.SerializeToString())
+    assert status == 200
 
 
 async def test_wrong_content_type_is_415(serve, http):
