@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
 from collector.core.consumer import Consumer
-from collector.core.endpoints import split_endpoint
+from collector.core.endpoints import listen_udp
 from collector.core.pdata import Metrics, count_items, set_attr
 from collector.core.signals import Signal
 from collector.core.telemetry import DropLog
@@ -164,14 +164,6 @@ class _Series:
     members: set[str] = field(default_factory=set)
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, receiver: StatsdReceiver) -> None:
-        self.receiver = receiver
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.receiver.take(data)
-
-
 class StatsdReceiver:
     def __init__(self, settings: Settings, config: Config, next: Mapping[Signal, Consumer]) -> None:
         self.settings = settings
@@ -195,14 +187,7 @@ class StatsdReceiver:
         self._flusher: asyncio.Task | None = None
 
     async def start(self, host: Host) -> None:
-        hostname, port = split_endpoint(self.config.endpoint)
-        try:
-            self._transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(hostname, port)
-            )
-        except OSError as e:
-            raise OSError(f"cannot listen on udp {self.config.endpoint}: {e.strerror}") from None
-        self.endpoint = f"{hostname}:{self._transport.get_extra_info('sockname')[1]}"
+        self._transport, self.endpoint = await listen_udp(self.config.endpoint, self.take)
         self._interval_start = time.time_ns()
         self._flusher = asyncio.create_task(self._flush_forever())
         self.log.info("statsd listening", extra={"kv": {"endpoint": f"udp {self.endpoint}"}})

@@ -161,6 +161,16 @@ def tally(case: str, sent: int, acked: set[int], backend: BackendProcess) -> Row
     return row
 
 
+async def delivered(
+    backend: BackendProcess, acked: set[int], process: CollectorProcess, timeout: float = 30
+) -> None:
+    """Wait until the backend holds every acknowledged span; fails with the collector's log."""
+    deadline = time.monotonic() + timeout
+    while len(set(backend.sequence_numbers()) & acked) < len(acked):
+        assert time.monotonic() < deadline, process.log
+        await asyncio.sleep(0.2)
+
+
 def collector(
     tmp_path: Path,
     backend_port: int,
@@ -295,10 +305,7 @@ async def test_sigkill_with_the_persistent_queue_then_a_restart_sends_everything
         await asyncio.to_thread(backend.start)
         process, port = collector(tmp_path, backend_port, **options)
         await asyncio.to_thread(process.start)
-        deadline = time.monotonic() + 30
-        while len(set(backend.sequence_numbers()) & acked) < len(acked):
-            assert time.monotonic() < deadline, process.log
-            await asyncio.sleep(0.2)
+        await delivered(backend, acked, process)
         assert await asyncio.to_thread(process.stop) == 0, process.log
     finally:
         process.kill()
@@ -336,10 +343,7 @@ async def test_a_full_disk_refuses_with_retry_and_loses_nothing_acknowledged(tmp
             assert refused > 0 and acked, (len(acked), refused)
             assert process.proc is not None and process.proc.poll() is None
             await asyncio.to_thread(backend.start)
-            deadline = time.monotonic() + 30
-            while len(set(backend.sequence_numbers()) & acked) < len(acked):
-                assert time.monotonic() < deadline, process.log
-                await asyncio.sleep(0.2)
+            await delivered(backend, acked, process)
             assert "persistent queue cannot store" in process.log
             assert "No space left on device" in process.log
             # Sent, the records are gone from the disk, which takes new data again.

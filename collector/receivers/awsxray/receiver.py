@@ -24,7 +24,7 @@ from collector.aws.signing_proxy import SigningProxy, SigningProxyConfig
 from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, ListenEndpoint
 from collector.core.consumer import Consumer
-from collector.core.endpoints import split_endpoint
+from collector.core.endpoints import listen_udp
 from collector.core.pdata import Traces
 from collector.core.signals import Signal
 from collector.core.telemetry import DropLog
@@ -68,14 +68,6 @@ def parse_datagram(datagram: bytes) -> dict:
         raise InvalidSegment(f"the segment is not JSON: {e}") from None
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, receiver: XRayReceiver) -> None:
-        self.receiver = receiver
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.receiver.enqueue(data)
-
-
 class XRayReceiver:
     def __init__(self, settings: Settings, config: Config, next: Mapping[Signal, Consumer]) -> None:
         self.settings = settings
@@ -98,16 +90,7 @@ class XRayReceiver:
         self._drops = DropLog(self.log, "X-Ray segments dropped", "spans")
 
     async def start(self, host: Host) -> None:
-        loop = asyncio.get_running_loop()
-        hostname, port = split_endpoint(self.config.endpoint)
-        try:
-            self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(hostname, port)
-            )
-        except OSError as e:
-            raise OSError(f"cannot listen on udp {self.config.endpoint}: {e.strerror}") from None
-        bound = self._transport.get_extra_info("sockname")
-        self.endpoint = f"{hostname}:{bound[1]}"
+        self._transport, self.endpoint = await listen_udp(self.config.endpoint, self.enqueue)
         self._drain = asyncio.create_task(self._drain_forever())
         if self.proxy is not None:
             try:
