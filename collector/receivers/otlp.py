@@ -296,6 +296,22 @@ def _status(code: int, message: str, retry_after_s: float | None = None) -> stat
     return status
 
 
+def _split_resources(batch, max_bytes: int) -> list:
+    """`batch` as batches of whole resources of about `max_bytes` encoded each, in order: a
+    large decoded JSON request goes down the pipeline in parts, as a protobuf one does."""
+    if batch.ByteSize() <= max_bytes:
+        return [batch]
+    parts, size = [type(batch)()], 0
+    for res in resources(batch):
+        n = res.ByteSize()
+        if size and size + n > max_bytes:
+            parts.append(type(batch)())
+            size = 0
+        resources(parts[-1]).add().CopyFrom(res)
+        size += n
+    return parts
+
+
 def _check_limits(limits: Limits, signal: Signal, batches: list) -> None:
     """ValueError naming the first of `limits` the request's parts exceed together."""
     if limits.max_resources:
@@ -416,9 +432,16 @@ class OtlpReceiver:
         request_type = REQUEST_TYPES[signal]
         parts: list[tuple[Any, bytes | None]] = []
         if codec is not _PROTOBUF:
-            batch = codec.decode(body, request_type)
-            check_ids(batch)
-            parts.append((batch, None))
+            if len(body) > _BYTES_PER_PUSH:
+                # Parsed on a thread: the event loop serves other clients in between.
+                batch = await asyncio.to_thread(codec.decode, body, request_type)
+            else:
+                batch = codec.decode(body, request_type)
+            for part in _split_resources(batch, _BYTES_PER_PUSH):
+                if parts:
+                    await asyncio.sleep(0)
+                check_ids(part)
+                parts.append((part, None))
         else:
             for data in split_wire(body, _BYTES_PER_PUSH):
                 if parts:

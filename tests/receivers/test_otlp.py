@@ -323,6 +323,27 @@ async def test_json_roundtrip(serve, http, signal, content_encoding):
     assert sink.batches == [batch]
 
 
+@pytest.mark.parametrize("content_type", [PROTOBUF, JSON])
+async def test_a_large_request_goes_down_the_pipeline_in_parts_of_whole_resources(
+    serve, http, content_type
+):
+    sink = SinkConsumer()
+    receiver = await serve({Signal.TRACES: sink}, {"http": LOCAL})
+    batch = Traces()
+    for i in range(150):  # resources of about 8.5 KiB
+        batch.MergeFrom(make_traces(100, resource={"service.name": f"s{i}"}))
+    assert batch.ByteSize() > 1 << 20
+    body = batch.SerializeToString() if content_type == PROTOBUF else otlpjson.dumps(batch).encode()
+    status, _, _ = await post(http, receiver, body, content_type)
+    assert status == 200
+    assert len(sink.batches) >= batch.ByteSize() // (256 * 1024)
+    assert all(part.ByteSize() < 300 * 1024 for part in sink.batches)
+    merged = Traces()
+    for part in sink.batches:
+        merged.MergeFrom(part)
+    assert merged == batch  # every resource whole, in order
+
+
 async def test_json_hex_ids_decode_to_bytes(serve, http):
     sink = SinkConsumer()
     receiver = await serve({Signal.TRACES: sink}, {"http": LOCAL})
