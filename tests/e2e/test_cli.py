@@ -5,6 +5,7 @@ import subprocess
 import sys
 import urllib.request
 
+import yaml
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -59,6 +60,36 @@ def test_validate_applies_set_and_reports_unreadable_files(tmp_path):
     missing = coldtail("validate", "--config", str(tmp_path / "none.yaml"))
     assert missing.returncode == 2
     assert "cannot read config" in missing.stderr
+
+
+def test_validate_never_prints_a_secret(tmp_path):
+    secret = "s3cr3t-t0ken-value"
+    config = tmp_path / "secret.yaml"
+    for extension, exporter_headers in (
+        ({"token": secret}, {"authorization": f"Bearer {secret}"}),  # valid
+        ({"token": secret, "filename": "/tmp/also"}, f"Bearer {secret}"),  # two errors
+    ):
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "extensions": {"bearertokenauth": extension},
+                    "receivers": {"otlp": {"protocols": {"grpc": {}}}},
+                    "exporters": {
+                        "otlphttp": {
+                            "endpoint": "https://otlp.example.com",
+                            "headers": exporter_headers,
+                        }
+                    },
+                    "service": {
+                        "extensions": ["bearertokenauth"],
+                        "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlphttp"]}},
+                    },
+                }
+            )
+        )
+        result = coldtail("validate", "--config", str(config))
+        assert result.returncode == (0 if isinstance(exporter_headers, dict) else 2), result
+        assert secret not in result.stdout + result.stderr
 
 
 def test_run_with_invalid_config_exits_2(tmp_path):
