@@ -36,6 +36,7 @@ _COMPONENTS = [
     (Kind.EXPORTER, ("awsxray",), "collector.exporters.awsxray"),
     (Kind.EXPORTER, ("debug",), "collector.exporters.debug"),
     (Kind.EXPORTER, ("file",), "collector.exporters.file"),
+    (Kind.EXPORTER, ("logging",), "collector.exporters.logging_exporter"),
     (Kind.EXPORTER, ("otlp", "otlp_grpc"), "collector.exporters.otlp"),
     (Kind.EXPORTER, ("otlphttp", "otlp_http"), "collector.exporters.otlphttp"),
     (Kind.EXPORTER, ("prometheus",), "collector.exporters.prometheus"),

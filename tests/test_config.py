@@ -109,3 +109,24 @@ def test_an_empty_listening_host_is_loopback_and_every_interface_must_be_named()
     protocols = config.component(Kind.RECEIVER, ComponentID("otlp", ""))[1].protocols
     assert protocols.grpc.endpoint == "127.0.0.1:4317"
     assert protocols.http.endpoint == "0.0.0.0:4318"
+
+
+def test_the_removed_logging_exporter_runs_as_debug_with_a_deprecation_warning():
+    raw = {
+        "receivers": {"otlp": {"protocols": {"grpc": {}}}},
+        "exporters": {"logging": {"loglevel": "debug"}, "logging/quiet": {}},
+        "service": {
+            "pipelines": {
+                "traces": {"receivers": ["otlp"], "exporters": ["logging", "logging/quiet"]}
+            }
+        },
+    }
+    config = validate(raw, registry())
+    assert [str(w) for w in config.warnings] == [
+        "exporters::logging: the logging exporter was removed from the OTel Collector: use debug",
+        "exporters::logging/quiet: the logging exporter was removed from the OTel Collector: "
+        "use debug",
+    ]
+    models = {str(cid): model for cid, (_, model) in config.components[Kind.EXPORTER].items()}
+    assert models["logging"].verbosity == "detailed"  # loglevel debug
+    assert models["logging/quiet"].verbosity == "normal"  # the logging exporter's default

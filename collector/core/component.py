@@ -48,6 +48,7 @@ class Stability(enum.StrEnum):
     ALPHA = "alpha"
     BETA = "beta"
     STABLE = "stable"
+    DEPRECATED = "deprecated"
 
 
 _TYPE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
@@ -140,6 +141,8 @@ class Factory:
     signals: Mapping[Any, Any]
     aliases: tuple[str, ...] = ()
     description: str = ""
+    # Set for a type kept only for old configs: validation warns with this message.
+    deprecated: str = ""
 
     def supports(self, signal: Signal) -> bool:
         return signal in self.signals

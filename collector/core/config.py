@@ -262,7 +262,7 @@ def validate(raw: dict, registry: Registry) -> ServiceConfig:
         extensions,
         service.telemetry,
         service.shutdown_timeout,
-        _unused(declared, used),
+        _unused(declared, used) + _deprecated(components),
     )
 
 
@@ -358,6 +358,16 @@ def _pipeline(
         if role != "processors" and not ids and not getattr(body, role):
             errors.append(ConfigIssue(path, f"must have at least one {role[:-1]}"))
     return Pipeline(name, signal, refs["receivers"], refs["processors"], refs["exporters"])
+
+
+def _deprecated(components: Components) -> list[ConfigIssue]:
+    """Warnings for components of a deprecated type."""
+    return [
+        ConfigIssue(f"{kind.section}::{cid}", factory.deprecated)
+        for kind in Kind
+        for cid, (factory, _) in sorted(components[kind].items())
+        if factory.deprecated
+    ]
 
 
 def _unused(declared: IdsByKind, used: IdsByKind) -> list[ConfigIssue]:
