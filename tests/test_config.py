@@ -130,3 +130,48 @@ def test_the_removed_logging_exporter_runs_as_debug_with_a_deprecation_warning()
     models = {str(cid): model for cid, (_, model) in config.components[Kind.EXPORTER].items()}
     assert models["logging"].verbosity == "detailed"  # loglevel debug
     assert models["logging/quiet"].verbosity == "normal"  # the logging exporter's default
+
+
+def _with_telemetry(metrics: dict) -> dict:
+    return {
+        "receivers": {"otlp": {"protocols": {"grpc": {}}}},
+        "exporters": {"debug": {}},
+        "service": {
+            "telemetry": {"metrics": metrics},
+            "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["debug"]}},
+        },
+    }
+
+
+def test_the_helm_charts_metric_reader_sets_the_own_metrics_address():
+    # As the OpenTelemetry Collector's Helm chart writes it (host from the pod's IP there).
+    reader = {"pull": {"exporter": {"prometheus": {"host": "0.0.0.0", "port": 8889}}}}
+    config = validate(_with_telemetry({"readers": [reader]}), registry())
+    assert config.telemetry.metrics.address == "0.0.0.0:8889"
+
+
+@pytest.mark.parametrize(
+    ("metrics", "error"),
+    [
+        (
+            {"readers": [{"periodic": {"exporter": {"otlp": {"endpoint": "x"}}}}]},
+            "periodic readers are not supported; use pull with prometheus",
+        ),
+        (
+            {
+                "address": "127.0.0.1:9999",
+                "readers": [{"pull": {"exporter": {"prometheus": {"port": 1}}}}],
+            },
+            "set either address or readers",
+        ),
+        (
+            {"readers": [{"pull": {"exporter": {"prometheus": {"host": "h"}}}}]},
+            "port",
+        ),
+    ],
+)
+def test_metric_readers_that_cannot_be_served_are_config_errors(metrics, error):
+    with pytest.raises(ConfigError) as raised:
+        validate(_with_telemetry(metrics), registry())
+    text = str(raised.value)
+    assert "service::telemetry::metrics" in text and error in text, text

@@ -10,10 +10,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from collector.core.component import ComponentID, Factory, Kind, Registry
-from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
+from collector.core.config_types import (
+    ComponentConfig,
+    Duration,
+    ListenEndpoint,
+    parse_listen_endpoint,
+)
 from collector.core.signals import Signal
 
 SIGNALS = ", ".join(s.value for s in Signal)
@@ -26,12 +31,67 @@ class LogsConfig(ComponentConfig):
     """console: tab-separated text lines; json: one JSON object per line. Default console."""
 
 
+class PrometheusPullExporter(ComponentConfig):
+    host: str = "127.0.0.1"
+    """Interface /metrics listens on (default 127.0.0.1)."""
+    port: int = Field(ge=0, le=65535)
+    """Port /metrics listens on. Required."""
+    without_units: bool = False
+    """Accepted for compatibility: the own metrics' names are the Collector's, as listed
+    under "Own telemetry"."""
+    without_type_suffix: bool = False
+    """Accepted for compatibility, as `without_units`."""
+    without_scope_info: bool = False
+    """Accepted for compatibility, as `without_units`."""
+
+
+class PullExporter(ComponentConfig):
+    prometheus: PrometheusPullExporter
+    """Prometheus text at /metrics, scraped. Required."""
+
+
+class PullReader(ComponentConfig):
+    exporter: PullExporter
+    """How the metrics are read. Required."""
+
+
+class MetricReader(ComponentConfig):
+    pull: PullReader | None = None
+    """A reader that serves the metrics to be scraped: the only kind supported."""
+    periodic: dict | None = None
+    """Pushing the own metrics (OTLP) is not supported: use a pull reader."""
+
+    @model_validator(mode="after")
+    def _pull_only(self) -> MetricReader:
+        if self.periodic is not None:
+            raise ValueError("periodic readers are not supported; use pull with prometheus")
+        if self.pull is None:
+            raise ValueError("expected pull: {exporter: {prometheus: {host, port}}}")
+        return self
+
+
 class MetricsConfig(ComponentConfig):
     level: Literal["none", "basic", "normal", "detailed"] = "normal"
     """none turns the own-metrics endpoint off. Default normal."""
     address: ListenEndpoint = "127.0.0.1:8888"
     """Where /metrics serves the collector's own metrics in Prometheus text. Default
     127.0.0.1:8888."""
+    readers: list[MetricReader] = Field(default_factory=list)
+    """The OTel Collector's newer form of `address` (default none): one `pull` reader with a
+    `prometheus` exporter's `host` and `port`, as the Collector's Helm chart writes it."""
+
+    @model_validator(mode="after")
+    def _address_from_reader(self) -> MetricsConfig:
+        if not self.readers:
+            return self
+        if len(self.readers) > 1:
+            raise ValueError("readers: one pull reader is supported")
+        if "address" in self.model_fields_set:
+            raise ValueError("set either address or readers")
+        prometheus = self.readers[0].pull.exporter.prometheus  # type: ignore[union-attr]
+        host = f"[{prometheus.host}]" if ":" in prometheus.host else prometheus.host
+        self.address = parse_listen_endpoint(f"{host}:{prometheus.port}")
+        return self
 
 
 class TelemetryConfig(ComponentConfig):

@@ -162,3 +162,29 @@ def test_emulate_invokes_a_handler_in_the_local_lambda(tmp_path):
     first, second = (json.loads(line) for line in result.stdout.splitlines())
     assert (first["status"], first["cold"], second["cold"]) == ("success", True, False)
     assert first["payload"]["event"] == {"order": 42}
+
+
+def test_run_serves_own_metrics_where_a_helm_chart_style_reader_says(tmp_path):
+    metrics = free_port()
+    config = tmp_path / "helm.yaml"
+    config.write_text(
+        f"""
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:{free_port()}"}}}}}}}}
+exporters: {{debug: {{}}}}
+service:
+  telemetry:
+    metrics:
+      readers:
+        - pull:
+            exporter:
+              prometheus:
+                host: ${{env:POD_IP}}
+                port: {metrics}
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [debug]}}
+"""
+    )
+    with CollectorProcess(config, env={"POD_IP": "127.0.0.1"}) as collector:
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
+        assert "otelcol_" in scrape.read().decode()
+        assert collector.stop() == 0
