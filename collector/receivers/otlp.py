@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
-from google.protobuf.duration_pb2 import Duration
+from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
@@ -31,7 +31,7 @@ from collector.core.auth import (
     server_authenticator,
 )
 from collector.core.component import Factory, Host, Kind, Settings, Stability
-from collector.core.config_types import ComponentConfig, ListenEndpoint
+from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
 from collector.core.consumer import Consumer, PermanentError, RetryableError
 from collector.core.endpoints import split_endpoint, with_port
 from collector.core.memory import MemoryPressure
@@ -105,6 +105,55 @@ class CorsConfig(ComponentConfig):
     Access-Control-Max-Age header, the browser's own default applies."""
 
 
+class KeepaliveServerParameters(ComponentConfig):
+    max_connection_idle: Duration = 0.0
+    """Close a connection without calls for this long (default 0 = never)."""
+    max_connection_age: Duration = 0.0
+    """Close a connection this old, so that clients spread again over the servers behind a
+    load balancer (default 0 = never)."""
+    max_connection_age_grace: Duration = 0.0
+    """After `max_connection_age`, how long calls in progress may finish (default 0 = no
+    limit)."""
+    time: Duration = 0.0
+    """Ping a client after this long without activity (default 0 = gRPC's, 2 hours)."""
+    timeout: Duration = 0.0
+    """Close the connection when a ping gets no answer in this long (default 0 = gRPC's,
+    20s)."""
+
+
+class KeepaliveEnforcementPolicy(ComponentConfig):
+    min_time: Duration = 0.0
+    """Least time between a client's pings; a client pinging more often is disconnected
+    (default 0 = gRPC's, 5 minutes)."""
+    permit_without_stream: bool = False
+    """Allow client pings while no call is in progress (default false)."""
+
+
+class KeepaliveConfig(ComponentConfig):
+    server_parameters: KeepaliveServerParameters = Field(default_factory=KeepaliveServerParameters)
+    """Connection ages and the server's own pings."""
+    enforcement_policy: KeepaliveEnforcementPolicy = Field(
+        default_factory=KeepaliveEnforcementPolicy
+    )
+    """What the server allows of clients' pings."""
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The grpc core channel arguments these settings are (unset ones left out)."""
+        server, policy = self.server_parameters, self.enforcement_policy
+        durations = {
+            "grpc.max_connection_idle_ms": server.max_connection_idle,
+            "grpc.max_connection_age_ms": server.max_connection_age,
+            "grpc.max_connection_age_grace_ms": server.max_connection_age_grace,
+            "grpc.keepalive_time_ms": server.time,
+            "grpc.keepalive_timeout_ms": server.timeout,
+            "grpc.http2.min_recv_ping_interval_without_data_ms": policy.min_time,
+        }
+        options = [(key, int(value * 1000)) for key, value in durations.items() if value]
+        if policy.permit_without_stream:
+            options.append(("grpc.keepalive_permit_without_calls", 1))
+        return options
+
+
 class GrpcConfig(ComponentConfig):
     endpoint: ListenEndpoint = "127.0.0.1:4317"
     """host:port to listen on for OTLP/gRPC. Default 127.0.0.1:4317 (local only); port 0 picks
@@ -117,6 +166,9 @@ class GrpcConfig(ComponentConfig):
     max_concurrent_streams: int = Field(0, ge=0)
     """Most concurrent streams (requests) per client connection. Default 0: the gRPC default
     (no limit)."""
+
+    keepalive: KeepaliveConfig | None = None
+    """Connection keepalive and ages, as gRPC servers take them (default none: gRPC's)."""
 
     tls: TLSServerConfig | None = None
     """TLS, and with `client_ca_file` mutual TLS (default none: plaintext)."""
@@ -290,7 +342,7 @@ def _retry_after_s(error: RetryableError) -> float:
 def _status(code: int, message: str, retry_after_s: float | None = None) -> status_pb2.Status:
     status = status_pb2.Status(code=code, message=message)
     if retry_after_s is not None:
-        delay = Duration()
+        delay = duration_pb2.Duration()
         delay.FromNanoseconds(round(retry_after_s * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return status
@@ -500,6 +552,8 @@ class OtlpReceiver:
             options.append(("grpc.max_receive_message_length", config.max_recv_msg_size_mib * _MIB))
         if config.max_concurrent_streams:
             options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
+        if config.keepalive is not None:
+            options.extend(config.keepalive.grpc_options())
         server = self._grpc_server = grpc.aio.server(options=options)
         for signal in self.next:
             # Requests arrive as bytes and are parsed here, so undecodable ones can be answered

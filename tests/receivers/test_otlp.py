@@ -854,3 +854,46 @@ def test_every_config_field_is_documented():
 
     for model, name, info in fields(Config):
         assert info.description, f"{model.__name__}.{name} has no docstring"
+
+
+async def test_grpc_keepalive_settings_reach_the_server(serve, http):
+    """max_connection_age closes a client's connection once it is that old: its channel goes
+    back to IDLE. Without keepalive settings the connection stays READY."""
+    sink = SinkConsumer()
+    aged = await serve(
+        {Signal.TRACES: sink},
+        {"grpc": {**LOCAL, "keepalive": {"server_parameters": {"max_connection_age": "300ms"}}}},
+    )
+    plain = await serve({Signal.TRACES: sink}, {"grpc": LOCAL})
+    states = []
+    for receiver in (aged, plain):
+        async with grpc.aio.insecure_channel(receiver.grpc_endpoint) as channel:
+            stub = TraceServiceStub(channel)
+            await stub.Export(make_traces(1))
+            assert channel.get_state() == grpc.ChannelConnectivity.READY
+            await asyncio.sleep(1.5)
+            states.append(channel.get_state())
+    assert states == [grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.READY]
+
+
+def test_keepalive_maps_to_grpc_server_arguments():
+    config = Config.model_validate(
+        {
+            "protocols": {
+                "grpc": {
+                    "keepalive": {
+                        "server_parameters": {"time": "30s", "timeout": "5s"},
+                        "enforcement_policy": {"min_time": "10s", "permit_without_stream": True},
+                    }
+                }
+            }
+        }
+    )
+    keepalive = config.protocols.grpc.keepalive
+    assert keepalive is not None
+    assert keepalive.grpc_options() == [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
