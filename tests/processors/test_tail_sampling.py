@@ -1,5 +1,6 @@
 import math
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from collector.core.signals import Signal
 from collector.core.telemetry import Telemetry
 from collector.processors.tail_sampling import factory
 from collector.processors.tail_sampling.config import Config
+from collector.processors.tail_sampling.policies.base import Decision
 from collector.processors.tail_sampling.policies.probabilistic import fnv1a_64
+from collector.processors.tail_sampling.policies.rate_limiting import RateLimitingPolicy
+from collector.processors.tail_sampling.trace import Fragment, Trace
 from tests.processors import make_processor, processor_metric
 from tests.support.builders import make_traces
 from tests.support.components import make_settings
@@ -64,6 +68,7 @@ def spans(
     attributes: dict | None = None,
     resource: dict | None = None,
     status: int = Status.STATUS_CODE_UNSET,
+    trace_state: str = "",
 ) -> Traces:
     """`n` spans of trace `tid` under one resource, all starting at `start_ms`."""
     batch = make_traces(n, trace_id=tid, attributes=attributes, resource=resource)
@@ -71,6 +76,7 @@ def spans(
         span.start_time_unix_nano = BASE_NS + int(start_ms * 1e6)
         span.end_time_unix_nano = span.start_time_unix_nano + int(duration_ms * 1e6)
         span.status.code = status
+        span.trace_state = trace_state
     return batch
 
 
@@ -183,6 +189,17 @@ POLICY_CASES = [
     (policy("numeric_attribute", key="n", min_value=10), [{"resource": {"n": 10**9}}], True),
     (policy("numeric_attribute", key="n", max_value=0), [{"attributes": {"n": -3.5}}], True),
     (policy("numeric_attribute", key="n", max_value=0), [{}], False),
+    (policy("span_count", min_spans=2), [{}, {}], True),
+    (policy("span_count", min_spans=2), [{}], False),
+    (policy("span_count", min_spans=1, max_spans=2), [{}, {}, {}], False),
+    (
+        policy("trace_state", key="vendor", values=["keep", "yes"]),
+        [{}, {"trace_state": "other=1, vendor=yes"}],
+        True,
+    ),
+    (policy("trace_state", key="vendor", values=["keep"]), [{"trace_state": "vendor=no"}], False),
+    (policy("trace_state", key="vendor", values=["keep"]), [{"trace_state": "x=keep"}], False),
+    (policy("rate_limiting", spans_per_second=2), [{}, {}], True),
 ]
 
 
@@ -510,3 +527,37 @@ async def test_instances_share_a_registry():
             )
             == 1
         )
+
+
+def test_rate_limiting_keeps_traces_until_the_seconds_span_budget_is_spent():
+    limit = RateLimitingPolicy.model_validate(
+        {"name": "r", "type": "rate_limiting", "rate_limiting": {"spans_per_second": 5}}
+    )
+    now = [100.2]
+    evaluate = limit.evaluator(clock=lambda: now[0])
+
+    def trace(n: int) -> Trace:
+        batch = spans(trace_id(n), 2)
+        rs = batch.resource_spans[0]
+        ss = rs.scope_spans[0]
+        fragment = Fragment((b"", ""), (b"", ""), rs, ss, list(ss.spans))
+        return Trace(trace_id(n), 0.0, [fragment])
+
+    # Traces of 2 spans: two fit in 5 spans a second, the next do not, until the next second.
+    decisions = [evaluate(trace(n)) for n in range(3)]
+    now[0] = 100.9
+    decisions.append(evaluate(trace(3)))
+    now[0] = 101.0
+    decisions.append(evaluate(trace(4)))
+    assert decisions == [Decision.SAMPLED, Decision.SAMPLED] + [Decision.NOT_SAMPLED] * 2 + [
+        Decision.SAMPLED
+    ]
+
+
+def test_new_policies_check_their_options():
+    with pytest.raises(
+        ValueError, match=re.escape("max_spans (3) must be 0 (no upper bound) or at least")
+    ):
+        build({}, [policy("span_count", min_spans=5, max_spans=3) | {"name": "c"}])
+    with pytest.raises(ValueError, match="spans_per_second"):
+        build({}, [policy("rate_limiting", spans_per_second=0) | {"name": "r"}])

@@ -51,7 +51,9 @@ class Config(ComponentConfig):
     always_sample; probabilistic {sampling_percentage, hash_salt}; status_code {status_codes:
     [ERROR, OK, UNSET]}; latency {threshold_ms, upper_threshold_ms}; string_attribute {key,
     values, enabled_regex_matching, invert_match}; boolean_attribute {key, value};
-    numeric_attribute {key, min_value, max_value}; and {and_sub_policy: [...]}. Attribute
+    numeric_attribute {key, min_value, max_value}; span_count {min_spans, max_spans};
+    trace_state {key, values}; rate_limiting {spans_per_second}; and {and_sub_policy: [...]}.
+    Attribute
     policies look at the resource and the spans of the trace. Required, not empty."""
 
     @model_validator(mode="after")

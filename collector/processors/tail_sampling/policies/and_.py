@@ -21,7 +21,10 @@ from collector.processors.tail_sampling.policies.base import (
 )
 from collector.processors.tail_sampling.policies.latency import LatencyPolicy
 from collector.processors.tail_sampling.policies.probabilistic import ProbabilisticPolicy
+from collector.processors.tail_sampling.policies.rate_limiting import RateLimitingPolicy
+from collector.processors.tail_sampling.policies.span_count import SpanCountPolicy
 from collector.processors.tail_sampling.policies.status_code import StatusCodePolicy
+from collector.processors.tail_sampling.policies.trace_state import TraceStatePolicy
 from collector.processors.tail_sampling.trace import Trace
 
 # Every policy but `and` itself, which the Collector does not allow to nest either.
@@ -32,7 +35,10 @@ BasicPolicy = Annotated[
     | LatencyPolicy
     | StringAttributePolicy
     | BooleanAttributePolicy
-    | NumericAttributePolicy,
+    | NumericAttributePolicy
+    | SpanCountPolicy
+    | TraceStatePolicy
+    | RateLimitingPolicy,
     Field(discriminator="type"),
 ]
 
