@@ -18,6 +18,9 @@ MAX_RESPONSE = 64 * 1024  # responses are small; never buffer a huge one
 class TLSConfig(TLSClientConfig):
     insecure_skip_verify: bool = False
     """Accept any server certificate, without verifying it (default false). Only for tests."""
+    insecure: bool = False
+    """Accepted for compatibility with Collector configs: over HTTP the endpoint's scheme
+    decides, `http://` plain text and `https://` TLS (default false)."""
 
 
 def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
