@@ -152,11 +152,28 @@ class Config(ComponentConfig):
     """How long a series is kept (and sent) without new spans before it is dropped. Default 0:
     series never expire."""
 
-    aggregation_temporality: Literal["AGGREGATION_TEMPORALITY_CUMULATIVE"] = (
-        "AGGREGATION_TEMPORALITY_CUMULATIVE"
-    )
-    """Temporality of the emitted metrics; only AGGREGATION_TEMPORALITY_CUMULATIVE is
-    supported. Default AGGREGATION_TEMPORALITY_CUMULATIVE."""
+    aggregation_temporality: Literal[
+        "AGGREGATION_TEMPORALITY_CUMULATIVE", "AGGREGATION_TEMPORALITY_DELTA"
+    ] = "AGGREGATION_TEMPORALITY_CUMULATIVE"
+    """CUMULATIVE: each flush sends the counts since a series appeared. DELTA: each flush
+    sends only the series with spans since the last flush, counted from it, and starts them
+    again. Default AGGREGATION_TEMPORALITY_CUMULATIVE."""
+
+    latency_histogram_buckets: list[Duration] | None = None
+    """The older form of `histogram::explicit::buckets` (default none); taken when that is not
+    set."""
+
+    @model_validator(mode="after")
+    def _old_buckets(self) -> Config:
+        if self.latency_histogram_buckets is not None:
+            if "explicit" in self.histogram.model_fields_set:
+                raise ValueError(
+                    "set either latency_histogram_buckets or histogram::explicit::buckets"
+                )
+            self.histogram.explicit = ExplicitHistogramConfig(
+                buckets=self.latency_histogram_buckets
+            )
+        return self
 
     aggregation_cardinality_limit: int = Field(10000, ge=0)
     """Most series kept per resource; spans of further series are counted in one overflow series
@@ -269,6 +286,7 @@ class SpanMetricsConnector:
             for d in config.dimensions
         ]
         self._resources: OrderedDict[tuple, _Resource] = OrderedDict()
+        self._last_collect: int | None = None  # with DELTA: where the next interval starts
         self._evicted = 0
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -432,7 +450,8 @@ class SpanMetricsConnector:
         series and resources."""
         self._expire(now)
         batch = Metrics()
-        cumulative = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+        temporality = AggregationTemporality.Value(self.config.aggregation_temporality)
+        delta = temporality == AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
         for resource in self._resources.values():
             rm = batch.resource_metrics.add()
             rm.resource.attributes.extend(resource.attributes)
@@ -441,27 +460,34 @@ class SpanMetricsConnector:
             calls = sm.metrics.add()
             calls.name = self._calls_name
             calls.sum.is_monotonic = True
-            calls.sum.aggregation_temporality = cumulative
+            calls.sum.aggregation_temporality = temporality
             if self._histogram:
                 duration = sm.metrics.add()
                 duration.name = self._duration_name
                 duration.unit = self._unit
-                duration.histogram.aggregation_temporality = cumulative
+                duration.histogram.aggregation_temporality = temporality
             for series in resource.series.values():
+                start = series.start
+                if delta and self._last_collect is not None:
+                    start = min(start, self._last_collect)
                 point = calls.sum.data_points.add()
                 point.attributes.extend(series.attributes)
-                point.start_time_unix_nano = series.start
+                point.start_time_unix_nano = start
                 point.time_unix_nano = now
                 point.as_int = series.count
                 if self._histogram:
                     bucketed = duration.histogram.data_points.add()
                     bucketed.attributes.extend(series.attributes)
-                    bucketed.start_time_unix_nano = series.start
+                    bucketed.start_time_unix_nano = start
                     bucketed.time_unix_nano = now
                     bucketed.count = series.count
                     bucketed.sum = series.sum
                     bucketed.bucket_counts.extend(series.bucket_counts)
                     bucketed.explicit_bounds.extend(self._bounds)
+        if delta:
+            # Sent: series begin again; those that stay without spans are not sent again.
+            self._resources.clear()
+            self._last_collect = now
         return batch
 
     def _expire(self, now: int) -> None:

@@ -512,3 +512,35 @@ async def test_through_the_service():
     (metrics,) = recording.INSTANCES[(Kind.EXPORTER, "testexp/metrics", "metrics")].batches
     counts = {a["coldtail.cold_start"]: p.as_int for _, a, p in points(metrics, CALLS)}
     assert counts == {"false": 2, True: 1}
+
+
+async def test_delta_temporality_sends_each_interval_once_from_the_last_flush():
+    connector, _ = make_connector({"aggregation_temporality": "AGGREGATION_TEMPORALITY_DELTA"})
+    await connector.consume(make_traces(2, duration_ms=3))
+    first = connector.collect(10_000_000_000)
+    calls = only_point(first, CALLS)
+    assert calls.as_int == 2
+    metric = first.resource_metrics[0].scope_metrics[0].metrics
+    temporalities = {
+        m.name: m.sum.aggregation_temporality or m.histogram.aggregation_temporality for m in metric
+    }
+    assert set(temporalities.values()) == {AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA}
+    await connector.consume(make_traces(1, duration_ms=3))
+    second = connector.collect(20_000_000_000)
+    calls = only_point(second, CALLS)
+    assert (calls.as_int, calls.start_time_unix_nano) == (1, 10_000_000_000)
+    assert only_point(second, DURATION).count == 1
+    # No spans since: nothing to send.
+    assert connector.collect(30_000_000_000).resource_metrics == []
+
+
+def test_latency_histogram_buckets_is_the_older_form_of_explicit_buckets():
+    config = Config.model_validate({"latency_histogram_buckets": ["5ms", "1s"]})
+    assert config.histogram.explicit.buckets == [0.005, 1.0]
+    with pytest.raises(ValueError, match="set either latency_histogram_buckets or histogram"):
+        Config.model_validate(
+            {
+                "latency_histogram_buckets": ["5ms"],
+                "histogram": {"explicit": {"buckets": ["1s"]}},
+            }
+        )
