@@ -13,12 +13,13 @@ fails, the retry resends the earlier ones too; Prometheus accepts an identical s
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import aiohttp
 import cramjam
 from google.protobuf.message import Message
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from collector.core.auth import AuthConfig, ClientAuthenticator, client_authenticator
 from collector.core.component import Factory, Kind, Settings, Stability
@@ -33,7 +34,7 @@ from collector.exporters.http_client import (
     read_body,
 )
 from collector.exporters.prometheus import ResourceToTelemetryConfig
-from collector.exporters.sender import Exporter, SenderConfig
+from collector.exporters.sender import Exporter, QueueConfig, SenderConfig
 
 _HEADERS = {
     "Content-Encoding": "snappy",
@@ -47,6 +48,15 @@ _DELTA_NOTE = "remote write carries cumulative values only; delta points are dro
 class TargetInfoConfig(ComponentConfig):
     enabled: bool = True
     """Send one `target_info` series per resource with its attributes (default true)."""
+
+
+class RemoteWriteQueueConfig(ComponentConfig):
+    enabled: bool = True
+    """Queue batches and send them in the background (default true)."""
+    queue_size: int = Field(10_000, ge=1)
+    """Most batches queued (default 10000)."""
+    num_consumers: int = Field(5, ge=1)
+    """Batches sent at once from the queue (default 5)."""
 
 
 class ClientConfig(ComponentConfig):
@@ -78,6 +88,14 @@ class ClientConfig(ComponentConfig):
     max_batch_size_bytes: int = Field(3_000_000, ge=1)
     """Largest uncompressed WriteRequest, in bytes (default 3000000); a batch beyond it is sent
     as several requests. A single series larger than this is sent alone."""
+    max_batch_request_parallelism: int = Field(5, ge=1)
+    """How many of one batch's WriteRequests are sent at once (default 5)."""
+    write_buffer_size: int = Field(512 * 1024, ge=0)
+    """Accepted for compatibility with Collector configs: the HTTP client's buffers are its
+    own (default 524288)."""
+    remote_write_queue: RemoteWriteQueueConfig | None = None
+    """The Collector's form of this exporter's queue; when set, it is the `sending_queue`
+    (default none)."""
 
     @field_validator("endpoint")
     @classmethod
@@ -92,7 +110,18 @@ class ClientConfig(ComponentConfig):
 
 # With the bases in this order, pydantic lists the sender blocks after the exporter's own options.
 class Config(SenderConfig, ClientConfig):
-    pass
+    @model_validator(mode="after")
+    def _remote_write_queue(self) -> Config:
+        queue = self.remote_write_queue
+        if queue is not None:
+            if "sending_queue" in self.model_fields_set:
+                raise ValueError("set either remote_write_queue or sending_queue")
+            self.sending_queue = QueueConfig(
+                enabled=queue.enabled,
+                queue_size=queue.queue_size,
+                num_consumers=queue.num_consumers,
+            )
+        return self
 
 
 def write_requests(points: list[promnames.Point], max_bytes: int) -> list[Message]:
@@ -159,8 +188,18 @@ class PrometheusRemoteWriteExporter(Exporter[Config]):
                 translation.skip(_DELTA_NOTE, point.name, 1)
             else:
                 points.append(point)
-        for request in write_requests(points, self.config.max_batch_size_bytes):
-            await self._post(bytes(cramjam.snappy.compress_raw(request.SerializeToString())))
+        requests = write_requests(points, self.config.max_batch_size_bytes)
+        # A series never spans two requests, so sending them at once keeps each in order.
+        parallel = asyncio.Semaphore(self.config.max_batch_request_parallelism)
+
+        async def send(request: Message) -> None:
+            async with parallel:
+                await self._post(bytes(cramjam.snappy.compress_raw(request.SerializeToString())))
+
+        results = await asyncio.gather(*(send(r) for r in requests), return_exceptions=True)
+        for result in results:  # a failed request fails the batch: retried or dropped whole
+            if isinstance(result, BaseException):
+                raise result
         if translation.skipped:
             self._skip_log(translation.skipped)
             raise PermanentError(

@@ -1,3 +1,4 @@
+import asyncio
 import math
 import time
 
@@ -34,11 +35,17 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[tuple[dict, prompb.WriteRequest]] = []
         self.statuses: list[int] = []
+        self.delay = 0.0  # seconds each request takes
+        self.in_flight = self.peak = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
 
     async def _write(self, request: web.Request) -> web.Response:
         body = bytes(cramjam.snappy.decompress_raw(await request.read()))
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(self.delay)
+        self.in_flight -= 1
         self.requests.append((dict(request.headers), prompb.WriteRequest.FromString(body)))
         status = self.statuses.pop(0) if self.statuses else 204
         headers = {"Retry-After": "0"} if status == 429 else None
@@ -183,6 +190,35 @@ async def test_large_batches_are_split(receiver):
     assert len(receiver.requests) > 1
     assert all(r.ByteSize() <= 1000 for _, r in receiver.requests)
     assert sum(len(r.timeseries) for _, r in receiver.requests) == 100
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+async def test_the_requests_of_one_batch_go_out_in_parallel_up_to_the_limit(receiver, parallelism):
+    receiver.delay = 0.05
+    exporter = await started(
+        receiver.url, max_batch_size_bytes=1000, max_batch_request_parallelism=parallelism
+    )
+    await exporter.consume(make_metrics(100))
+    await exporter.shutdown()
+    assert len(receiver.requests) > 3
+    assert receiver.peak == parallelism
+    assert sum(len(r.timeseries) for _, r in receiver.requests) == 100
+
+
+def test_remote_write_queue_is_the_sending_queue():
+    cfg = prw.Config.model_validate(
+        {"endpoint": "http://p:9090/api/v1/write", "remote_write_queue": {"num_consumers": 2}}
+    )
+    assert cfg.sending_queue.enabled and cfg.sending_queue.num_consumers == 2
+    assert cfg.sending_queue.queue_size == 10_000
+    with pytest.raises(ValueError, match="set either remote_write_queue or sending_queue"):
+        prw.Config.model_validate(
+            {
+                "endpoint": "http://p:9090/api/v1/write",
+                "remote_write_queue": {},
+                "sending_queue": {"queue_size": 5},
+            }
+        )
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
