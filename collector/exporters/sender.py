@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from collector.core.component import Host, Settings
 from collector.core.config_types import ComponentConfig, Duration, format_duration
 from collector.core.consumer import PermanentError, RetryableError
+from collector.core.health import ExportFailures
 from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, Encoded, count_items, new_batch
 from collector.core.signals import ITEM_NAMES, Signal
 from collector.core.split import split_batch
@@ -213,6 +214,7 @@ class Sender:
         self._closed = False
         self._closing = asyncio.Event()  # wakes retries asleep in their backoff
         self._store: QueueStore | None = None
+        self._failures = settings.shared.get(ExportFailures)
         # A full or failing disk refuses every batch: one line per 10 s says so, with counts.
         self._store_refusals = DropLog(
             self._log,
@@ -494,16 +496,20 @@ class Sender:
                         await self._closing.wait()
 
     async def _attempt(self, batch) -> None:
-        if not self._timeout:
-            await self._push(batch)
-            return
         try:
-            async with asyncio.timeout(self._timeout):
+            if not self._timeout:
                 await self._push(batch)
-        except TimeoutError:
-            raise RetryableError(
-                f"send attempt timed out after {format_duration(self._timeout)}"
-            ) from None
+                return
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._push(batch)
+            except TimeoutError:
+                raise RetryableError(
+                    f"send attempt timed out after {format_duration(self._timeout)}"
+                ) from None
+        except Exception:
+            self._failures.record()
+            raise
 
 
 C = TypeVar("C", bound=SenderConfig)

@@ -12,15 +12,17 @@ import time
 from datetime import UTC, datetime
 
 from aiohttp import web
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from collector.core.component import Factory, Host, Kind, Settings
 from collector.core.config_types import (
     ComponentConfig,
+    Duration,
     ListenEndpoint,
     format_duration,
 )
 from collector.core.endpoints import bound_port, split_endpoint
+from collector.core.health import ExportFailures
 from collector.core.tls import ServerTLS, TLSServerConfig
 
 
@@ -30,6 +32,16 @@ class ResponseBody(ComponentConfig):
 
     unhealthy: str = ""
     """Body of the 503 response, sent as plain text. Default empty: an empty body."""
+
+
+class CheckCollectorPipeline(ComponentConfig):
+    enabled: bool = False
+    """Report unhealthy while exporters fail (default false)."""
+    interval: Duration = Field(300.0, gt=0)
+    """The window failures are counted over (default 5m)."""
+    exporter_failure_threshold: int = Field(5, ge=0)
+    """Unhealthy when more send attempts than this failed within `interval`, across every
+    exporter (default 5)."""
 
 
 class Config(ComponentConfig):
@@ -44,6 +56,9 @@ class Config(ComponentConfig):
 
     response_body: ResponseBody | None = None
     """Fixed plain-text bodies instead of the JSON status. Absent (the default) means JSON."""
+
+    check_collector_pipeline: CheckCollectorPipeline = Field(default_factory=CheckCollectorPipeline)
+    """Also report unhealthy while exporters keep failing, as the Collector's option did."""
 
     @field_validator("path")
     @classmethod
@@ -65,6 +80,7 @@ class HealthCheck:
         self._tls: ServerTLS | None = None
         self._started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
+        self._failures = settings.shared.get(ExportFailures)
 
     async def start(self, host: Host) -> None:
         self._host = host
@@ -90,6 +106,10 @@ class HealthCheck:
 
     async def _check(self, _request: web.Request) -> web.Response:
         healthy = self._host is not None and self._host.status == "ready"
+        pipeline = self.config.check_collector_pipeline
+        if healthy and pipeline.enabled:
+            failures = self._failures.since(pipeline.interval)
+            healthy = failures <= pipeline.exporter_failure_threshold
         status = 200 if healthy else 503
         fixed = self.config.response_body
         if fixed is not None:

@@ -1,3 +1,4 @@
+import asyncio
 import json
 import socket
 from datetime import datetime
@@ -5,8 +6,12 @@ from datetime import datetime
 import aiohttp
 import pytest
 
-from collector.core.component import Kind
+from collector.core.component import Kind, Shared
+from collector.core.consumer import PermanentError
+from collector.core.signals import Signal
+from collector.exporters.sender import Sender, SenderConfig
 from collector.extensions import health_check
+from tests.support.builders import make_traces
 from tests.support.components import StaticHost, make_settings
 
 
@@ -109,3 +114,43 @@ def test_factory():
 def test_defaults():
     config = health_check.Config()
     assert (config.endpoint, config.path, config.response_body) == ("127.0.0.1:13133", "/", None)
+
+
+async def test_check_collector_pipeline_reports_exporters_that_keep_failing():
+    """A sender whose backend refuses shares the service's failure record with the extension:
+    past the threshold of failed attempts within the interval, the check answers 503; once the
+    failures age out of the interval, 200 again."""
+    shared = Shared()
+    settings = make_settings(Kind.EXTENSION, "health_check", shared=shared)
+    config = health_check.Config.model_validate(
+        {
+            "endpoint": "127.0.0.1:0",
+            "check_collector_pipeline": {
+                "enabled": True,
+                "interval": "500ms",
+                "exporter_failure_threshold": 2,
+            },
+        }
+    )
+    extension = health_check.HealthCheck(settings, config)
+
+    async def refuse(batch) -> None:
+        raise PermanentError("backend says no")
+
+    sender = Sender(
+        make_settings(Kind.EXPORTER, "otlp", shared=shared),
+        Signal.TRACES,
+        refuse,
+        SenderConfig.model_validate({"sending_queue": {"enabled": False}}),
+    )
+    await extension.start(StaticHost(status="ready"))
+    try:
+        for attempt in range(3):
+            assert (await get(extension))[0] == 200, attempt
+            with pytest.raises(PermanentError):
+                await sender.send(make_traces(1))
+        assert (await get(extension))[0] == 503  # 3 failures > 2
+        await asyncio.sleep(0.6)
+        assert (await get(extension))[0] == 200
+    finally:
+        await extension.shutdown()
