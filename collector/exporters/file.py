@@ -60,6 +60,10 @@ class Config(ComponentConfig):
     """`json`: one OTLP/JSON export request per line. `proto`: each export request as protobuf
     bytes preceded by their length (4-byte big-endian). Default json."""
 
+    compression: Literal["", "zstd"] = ""
+    """`zstd`: each export request (JSON or protobuf) is written as one zstd frame preceded by
+    its length (4-byte big-endian), as the Collector writes it. Default empty: none."""
+
     rotation: RotationConfig | None = None
     """Rotate by size: the file is renamed to `<name>-<time><ext>` and a new one started. Absent
     (the default) means the file grows without limit."""
@@ -85,7 +89,18 @@ def _proto_frame(batch) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+def _zstd_frame(data: bytes) -> bytes:
+    import cramjam  # only with compression: the Lambda layer goes without
+
+    compressed = bytes(cramjam.zstd.compress(data))
+    return struct.pack(">I", len(compressed)) + compressed
+
+
 _ENCODERS = {"json": _json_line, "proto": _proto_frame}
+_PAYLOADS = {
+    "json": lambda batch: otlpjson.dumps(batch).encode(),
+    "proto": lambda batch: batch.SerializeToString(),
+}
 
 
 class _Writer:
@@ -253,7 +268,11 @@ class FileExporter:
 
     def __init__(self, settings: Settings, config: Config, signal: Signal) -> None:
         self.config = config
-        self._encode = _ENCODERS[config.format]
+        if config.compression == "zstd":
+            payload = _PAYLOADS[config.format]
+            self._encode = lambda batch: _zstd_frame(payload(batch))
+        else:
+            self._encode = _ENCODERS[config.format]
         self._writers = settings.shared.get(Writers)
         self._writer: _Writer | None = None
         exporter = str(settings.id)

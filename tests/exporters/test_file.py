@@ -4,6 +4,7 @@ import os
 import struct
 from datetime import UTC, datetime, timedelta
 
+import cramjam
 import pytest
 import yaml
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -110,6 +111,28 @@ async def test_proto_format_writes_length_prefixed_messages(tmp_path):
     while data:
         (size,) = struct.unpack(">I", data[:4])
         received.append(Traces.FromString(data[4 : 4 + size]))
+        data = data[4 + size :]
+    assert received == sent
+
+
+@pytest.mark.parametrize("format_", ["json", "proto"])
+async def test_zstd_writes_each_request_as_a_length_prefixed_zstd_frame(tmp_path, format_):
+    path = tmp_path / "out.zst"
+    exporter = make_exporter({"path": str(path), "format": format_, "compression": "zstd"})
+    sent = [rich_traces(), make_traces(1)]
+    await exporter.start(StaticHost())
+    for batch in sent:
+        await exporter.consume(batch)
+    await exporter.shutdown()
+
+    data, received = path.read_bytes(), []
+    while data:
+        (size,) = struct.unpack(">I", data[:4])
+        frame = data[4 : 4 + size]
+        assert frame[:4] == b"\x28\xb5\x2f\xfd"  # the zstd frame magic number
+        payload = bytes(cramjam.zstd.decompress(frame))
+        proto = format_ == "proto"
+        received.append(Traces.FromString(payload) if proto else otlpjson.parse(payload, Traces))
         data = data[4 + size :]
     assert received == sent
 
