@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import Field, model_validator
 
 from collector.core.component import Factory, Kind, Settings, Stability
@@ -56,6 +57,45 @@ _RETRY_FIRST_S = 0.1
 _RETRY_MAX_S = 5.0
 
 
+# The Collector's buckets for otelcol_processor_batch_batch_send_size.
+_SEND_SIZE_BUCKETS = (
+    10, 25, 50, 75, 100, 250, 500, 750, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000,
+    10000, 20000, 30000, 50000, 100000,
+)  # fmt: skip
+
+
+class _Metrics:
+    """The Collector's own metrics of the batch processor."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["processor", "pipeline"]
+        self.send_size = Histogram(
+            "otelcol_processor_batch_batch_send_size",
+            "Number of units in the batch.",
+            labels,
+            buckets=_SEND_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.size_trigger = Counter(
+            "otelcol_processor_batch_batch_size_trigger_send",
+            "Number of times the batch was sent due to a size trigger.",
+            labels,
+            registry=registry,
+        )
+        self.timeout_trigger = Counter(
+            "otelcol_processor_batch_timeout_trigger_send",
+            "Number of times the batch was sent due to a timeout trigger.",
+            labels,
+            registry=registry,
+        )
+        self.cardinality = Gauge(
+            "otelcol_processor_batch_metadata_cardinality",
+            "Number of distinct metadata value combinations being processed.",
+            labels,
+            registry=registry,
+        )
+
+
 class BatchProcessor(Processor):
     # Held batches become (and are merged into) the outgoing requests, so each must be ours.
     mutates_data = True
@@ -72,6 +112,12 @@ class BatchProcessor(Processor):
         self._encoded = False  # whether held data is kept as Encoded, decided at start
         # Set while the next consumer refuses: the delay before the held data is offered again.
         self._refused_for: float | None = None
+        metrics = settings.telemetry.metric_set(_Metrics)
+        labels = {"processor": str(settings.id), "pipeline": settings.pipeline}
+        self._send_size = metrics.send_size.labels(**labels)
+        self._size_trigger = metrics.size_trigger.labels(**labels)
+        self._timeout_trigger = metrics.timeout_trigger.labels(**labels)
+        metrics.cardinality.labels(**labels).set(1)  # no metadata_keys: one batcher
 
     @property
     def accepts_encoded(self) -> bool:
@@ -131,6 +177,7 @@ class BatchProcessor(Processor):
         self._held.append(batch)
         self._held_items += items
         if self._trigger and self._held_items >= self._trigger:
+            self._size_trigger.inc()
             await self._send(self._take(everything=False))
 
     async def _run_timer(self) -> None:
@@ -146,6 +193,8 @@ class BatchProcessor(Processor):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
                 continue
+            if self._refused_for is None:  # not a retry of refused data
+                self._timeout_trigger.inc()
             await self._send(self._take(everything=True))
 
     def _take(self, everything: bool) -> list:
@@ -179,6 +228,7 @@ class BatchProcessor(Processor):
         for i, chunk in enumerate(chunks):
             try:
                 await self.forward(chunk)
+                self._send_size.observe(count_items(chunk))
             except RetryableError as exc:
                 back = chunks[i:]
                 self._held[:0] = back

@@ -239,3 +239,30 @@ def test_split_within_one_scope_of_spans():
     chunks = split_batch(batch, 3)
     assert [count_items(c) for c in chunks] == [3, 2]
     assert item_keys(chunks) == item_keys([batch])
+
+
+async def test_the_collectors_batch_metrics_count_sends_by_trigger_and_size():
+    processor, sink = make_processor(factory, {"send_batch_size": 10, "timeout": "30ms"})
+
+    def sample(name: str, **extra) -> float:
+        labels = {"processor": "batch", "pipeline": "traces", **extra}
+        value = processor.settings.telemetry.registry.get_sample_value(name, labels)
+        return value or 0.0
+
+    await processor.start(None)
+    for _ in range(4):
+        await processor.consume(make_traces(3))  # the 4th makes 12: sent by the size trigger
+    await sink.wait_for(12, 2)
+    await processor.shutdown()
+    assert sample("otelcol_processor_batch_batch_size_trigger_send_total") == 1
+    assert sample("otelcol_processor_batch_timeout_trigger_send_total") == 0
+    assert sample("otelcol_processor_batch_batch_send_size_count") == 1
+    assert sample("otelcol_processor_batch_batch_send_size_sum") == 12
+    assert sample("otelcol_processor_batch_metadata_cardinality") == 1
+    processor, sink = make_processor(factory, {"send_batch_size": 100, "timeout": "20ms"})
+    await processor.start(None)
+    await processor.consume(make_traces(5))
+    await sink.wait_for(5, 2)
+    await processor.shutdown()
+    assert sample("otelcol_processor_batch_timeout_trigger_send_total") == 1
+    assert sample("otelcol_processor_batch_batch_send_size_bucket", le="10.0") == 1
