@@ -47,6 +47,7 @@ _COMPONENTS = [
     (Kind.EXTENSION, ("file_storage",), "collector.extensions.file_storage"),
     (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),
     (Kind.EXTENSION, ("sigv4auth",), "collector.extensions.sigv4auth"),
+    (Kind.EXTENSION, ("zpages",), "collector.extensions.zpages"),
 ]
 
 

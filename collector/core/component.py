@@ -96,6 +96,11 @@ class Host(Protocol):
 
     def extension(self, id: ComponentID) -> Component | None: ...
 
+    def layout(self) -> dict[str, Any]:
+        """The running service as plain data, for pages that show it: `pipelines` (id ->
+        receivers, processors, exporters: component id strings) and `extensions` (ids)."""
+        ...
+
 
 T = TypeVar("T")
 

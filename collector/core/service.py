@@ -46,6 +46,19 @@ class Service:
     def extension(self, id: ComponentID):
         return self.graph.extensions.get(id)
 
+    def layout(self) -> dict:
+        return {
+            "pipelines": {
+                p.id: {
+                    "receivers": [str(c) for c in p.receivers],
+                    "processors": [str(c) for c in p.processors],
+                    "exporters": [str(c) for c in p.exporters],
+                }
+                for p in self.config.pipelines
+            },
+            "extensions": [str(e) for e in self.config.extensions],
+        }
+
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:

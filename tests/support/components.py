@@ -36,3 +36,6 @@ class StaticHost:
 
     def extension(self, id: ComponentID):
         return self._extensions.get(id)
+
+    def layout(self) -> dict:
+        return {"pipelines": {}, "extensions": [str(e) for e in self._extensions]}
