@@ -46,6 +46,7 @@ _COMPONENTS = [
     (Kind.EXTENSION, ("bearertokenauth",), "collector.extensions.bearertokenauth"),
     (Kind.EXTENSION, ("file_storage",), "collector.extensions.file_storage"),
     (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),
+    (Kind.EXTENSION, ("pprof",), "collector.extensions.pprof"),
     (Kind.EXTENSION, ("sigv4auth",), "collector.extensions.sigv4auth"),
     (Kind.EXTENSION, ("zpages",), "collector.extensions.zpages"),
 ]
