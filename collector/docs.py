@@ -1,6 +1,8 @@
-"""The README's component reference, generated from the registry and the config models.
+"""The README's generated blocks: the component reference, from the registry and the config
+models, and the compatibility table with the OTel Collector, from the registry and
+docs/upstream_components.yaml.
 
-`python -m collector.docs README.md` rewrites the block between the markers in place;
+`python -m collector.docs README.md` rewrites the blocks between their markers in place;
 `--check` exits 1 when the README is out of date (the test suite runs it).
 """
 
@@ -11,6 +13,7 @@ import types
 import typing
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -22,6 +25,9 @@ from collector.registry import registry
 
 BEGIN = "<!-- BEGIN GENERATED COMPONENT REFERENCE -->"
 END = "<!-- END GENERATED COMPONENT REFERENCE -->"
+COMPAT_BEGIN = "<!-- BEGIN GENERATED COMPATIBILITY -->"
+COMPAT_END = "<!-- END GENERATED COMPATIBILITY -->"
+UPSTREAM = Path(__file__).resolve().parents[1] / "docs" / "upstream_components.yaml"
 
 
 def _is_duration(field: FieldInfo) -> bool:
@@ -113,12 +119,47 @@ def reference() -> str:
     return "\n".join(parts)
 
 
-def render(readme: str) -> str:
-    head, sep, rest = readme.partition(BEGIN)
-    _, sep2, tail = rest.partition(END)
+def compatibility() -> str:
+    """The table of upstream component types: which coldtail has, at what stability."""
+    upstream = yaml.safe_load(UPSTREAM.read_text())
+    lines = [
+        COMPAT_BEGIN,
+        "",
+        "| kind | OTel Collector type | in coldtail | note |",
+        "| --- | --- | --- | --- |",
+    ]
+    reg = registry()
+    for kind in Kind:
+        for type_, entry in (upstream.get(kind.section) or {}).items():
+            factory = reg.get(kind, type_)
+            if factory is None:
+                have = "no"
+            else:
+                levels = sorted({str(s) for s in _stabilities(factory)})
+                have = f"yes ({', '.join(levels)})" if levels else "yes"
+            note = (entry or {}).get("note", "")
+            lines.append(f"| {kind.value} | `{type_}` | {have} | {note} |")
+    lines += ["", COMPAT_END]
+    return "\n".join(lines)
+
+
+def _stabilities(factory: Factory) -> list:
+    if factory.kind is Kind.CONNECTOR:
+        return [s for outputs in factory.signals.values() for s in outputs.values()]
+    return list(factory.signals.values())
+
+
+def _replace(readme: str, begin: str, end: str, block: str) -> str:
+    head, sep, rest = readme.partition(begin)
+    _, sep2, tail = rest.partition(end)
     if not sep or not sep2:
-        raise ValueError(f"README lacks the markers {BEGIN} ... {END}")
-    return head + reference() + tail
+        raise ValueError(f"README lacks the markers {begin} ... {end}")
+    return head + block + tail
+
+
+def render(readme: str) -> str:
+    readme = _replace(readme, BEGIN, END, reference())
+    return _replace(readme, COMPAT_BEGIN, COMPAT_END, compatibility())
 
 
 def main(argv: list[str]) -> int:

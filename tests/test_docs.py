@@ -1,7 +1,12 @@
 import re
 from pathlib import Path
 
+import yaml
+
+from collector import docs
+from collector.core.component import Kind
 from collector.docs import render
+from collector.registry import registry
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -55,3 +60,11 @@ def test_architecture_path_checks_catch_a_missing_file():
     text = "see `collector/nowhere.py`, `nowhere.py` and `collector.core.pdata`"
     assert _REPO_PATH.findall(text) == ["collector/nowhere.py"]
     assert _FILE_NAME.findall(text) == ["collector/nowhere.py", "nowhere.py"]
+
+
+def test_every_upstream_type_coldtail_lacks_says_why():
+    upstream = yaml.safe_load(docs.UPSTREAM.read_text())
+    for kind in Kind:
+        for type_, entry in (upstream.get(kind.section) or {}).items():
+            if registry().get(kind, type_) is None:
+                assert (entry or {}).get("note"), f"{kind.section}::{type_} needs a note"
