@@ -99,6 +99,11 @@ class TelemetryConfig(ComponentConfig):
     """The collector's own logs."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     """The collector's own metrics."""
+    resource: dict[str, str | None] = Field(default_factory=dict)
+    """Attributes of the collector's own telemetry, each a label of every own metric (dots as
+    underscores): service.name (default coldtail), service.instance.id (default a new UUID at
+    every start) and service.version (default coldtail's version) unless given here; a null
+    value leaves one out."""
 
 
 class PipelineModel(ComponentConfig):

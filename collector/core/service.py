@@ -5,9 +5,11 @@ starting it downstream first and stopping it upstream first, draining within
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import signal as signals
 import time
+import uuid
 
 from collector.core.component import ComponentID, Kind, Settings, Shared
 from collector.core.config import ServiceConfig
@@ -27,6 +29,7 @@ class Service:
         self.telemetry = Telemetry()
         self.shared = Shared()
         self.status = "starting"
+        self._instance_id = str(uuid.uuid4())
         self._metrics_server: MetricsServer | None = None
         self.graph = Graph(config, self._settings)
         self.receivers = self.graph.receivers
@@ -40,6 +43,20 @@ class Service:
             logger=component_logger(kind.value, id, pipeline),
             shared=self.shared,
         )
+
+    def resource(self) -> dict[str, str]:
+        """The own telemetry's resource: defaults, then service::telemetry::resource."""
+        try:
+            version = importlib.metadata.version("coldtail")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        resource: dict[str, str | None] = {
+            "service.name": "coldtail",
+            "service.instance.id": self._instance_id,
+            "service.version": version,
+            **self.config.telemetry.resource,
+        }
+        return {k: v for k, v in resource.items() if v is not None}
 
     # --- Host ----------------------------------------------------------------------------
 
@@ -68,7 +85,9 @@ class Service:
         metrics = self.config.telemetry.metrics
         try:
             if metrics.level != "none":
-                self._metrics_server = MetricsServer(self.telemetry, metrics.address)
+                self._metrics_server = MetricsServer(
+                    self.telemetry, metrics.address, self.resource()
+                )
                 await self._metrics_server.start()
             for eid, ext in self.graph.extensions.items():
                 await self._start_one(f"extension {eid}", ext)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psutil
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import disable_created_metrics as _disable_created_metrics
+from prometheus_client.metrics_core import Metric
 
 from collector.core.endpoints import bound_port, split_endpoint
 from collector.core.signals import ITEM_NAMES, Signal
@@ -136,18 +138,42 @@ class Telemetry:
         return generate_latest(self.registry)
 
 
+class _ConstantLabels:
+    """`registry`'s metrics with `labels` added to every sample: the service's resource."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.registry = registry
+        self.labels = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in labels.items()}
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            for sample in metric.samples:
+                labelled.add_sample(
+                    sample.name,
+                    {**sample.labels, **self.labels},
+                    sample.value,
+                    sample.timestamp,
+                    sample.exemplar,
+                )
+            yield labelled
+
+
 class MetricsServer:
     """Serves the Prometheus text exposition of a Telemetry at /metrics."""
 
-    def __init__(self, telemetry: Telemetry, address: str) -> None:
+    def __init__(
+        self, telemetry: Telemetry, address: str, labels: dict[str, str] | None = None
+    ) -> None:
         self.telemetry = telemetry
         self.address = address
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._labelled = _ConstantLabels(telemetry.registry, labels or {})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(
-            body=self.telemetry.exposition(),
+            body=generate_latest(self._labelled),
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},

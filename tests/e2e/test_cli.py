@@ -1,6 +1,7 @@
 """The command line as a user runs it: validate, components, and run on the embedded default."""
 
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -128,9 +129,17 @@ def test_run_embedded_default_pipeline(tmp_path):
         # The batch processor holds spans up to 200ms; the own metrics show them arrive.
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
         text = scrape.read().decode()
-        assert 'otelcol_receiver_accepted_spans_total{receiver="otlp",transport="http"} 3.0' in (
-            text
-        )
+        accepted = [
+            line
+            for line in text.splitlines()
+            if line.startswith('otelcol_receiver_accepted_spans_total{receiver="otlp",')
+            and 'transport="http"' in line
+        ]
+        assert len(accepted) == 1 and accepted[0].endswith(" 3.0"), text
+        # The own telemetry's resource labels every metric.
+        assert 'service_name="coldtail"' in accepted[0]
+        assert re.search(r'service_instance_id="[0-9a-f-]{36}"', accepted[0])
+        assert 'service_version="' in accepted[0]
         assert collector.stop() == 0
     assert any("Traces" in line and "spans" in line for line in collector.lines), collector.log
     assert (
@@ -180,11 +189,20 @@ service:
               prometheus:
                 host: ${{env:POD_IP}}
                 port: {metrics}
+    resource:
+      service.name: gateway
+      service.instance.id: null
+      deployment.environment: prod
   pipelines:
     traces: {{receivers: [otlp], exporters: [debug]}}
 """
     )
     with CollectorProcess(config, env={"POD_IP": "127.0.0.1"}) as collector:
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
-        assert "otelcol_" in scrape.read().decode()
+        first = next(
+            line for line in scrape.read().decode().splitlines() if line.startswith("otelcol_")
+        )
+        assert 'service_name="gateway"' in first
+        assert 'deployment_environment="prod"' in first
+        assert "service_instance_id" not in first
         assert collector.stop() == 0
