@@ -23,10 +23,10 @@ from pydantic import Field, field_validator
 
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
-from collector.core.endpoints import bound_port, split_endpoint
+from collector.core.http_server import HttpServer
 from collector.core.pdata import count_items
 from collector.core.signals import Signal
-from collector.core.tls import ServerTLS, TLSServerConfig
+from collector.core.tls import TLSServerConfig
 from collector.exporters import promnames
 from collector.exporters.promnames import Labels, MetricType, Point
 
@@ -152,34 +152,19 @@ class PrometheusExporter:
         # Every series in update order, oldest first: expiry and eviction pop from the front.
         self._by_age: OrderedDict[tuple[str, Labels], _Series] = OrderedDict()
         self._skip_log = promnames.SkipLog(self.log)
-        self._runner: web.AppRunner | None = None
-        self._tls: ServerTLS | None = None
+        self._server: HttpServer | None = None
 
     async def start(self, host) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._serve)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        host_, port = split_endpoint(self.config.endpoint)
-        try:
-            self._tls = ServerTLS.of(self.config.tls)
-            site = web.TCPSite(
-                self._runner, host_, port, ssl_context=ServerTLS.context_of(self._tls)
-            )
-            await site.start()
-        except (OSError, ValueError):
-            await self.shutdown()
-            raise
-        self.endpoint = f"{host_}:{bound_port(site)}"
+        self._server = HttpServer(app, self.config.endpoint, self.config.tls)
+        self.endpoint = await self._server.start()
         self.log.info("serving Prometheus metrics", extra={"kv": {"endpoint": self.endpoint}})
 
     async def shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._tls is not None:
-            await self._tls.stop()
-            self._tls = None
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
 
     async def consume(self, batch) -> None:
         translation = promnames.translate(batch, self._options)

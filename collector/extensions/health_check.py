@@ -21,9 +21,9 @@ from collector.core.config_types import (
     ListenEndpoint,
     format_duration,
 )
-from collector.core.endpoints import bound_port, split_endpoint
 from collector.core.health import ExportFailures
-from collector.core.tls import ServerTLS, TLSServerConfig
+from collector.core.http_server import HttpServer
+from collector.core.tls import TLSServerConfig
 
 
 class ResponseBody(ComponentConfig):
@@ -76,8 +76,7 @@ class HealthCheck:
         self.log = settings.logger
         self.endpoint: str | None = None
         self._host: Host | None = None
-        self._runner: web.AppRunner | None = None
-        self._tls: ServerTLS | None = None
+        self._server: HttpServer | None = None
         self._started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
         self._failures = settings.shared.get(ExportFailures)
@@ -88,20 +87,8 @@ class HealthCheck:
         self._started_monotonic = time.monotonic()
         app = web.Application()
         app.router.add_get(self.config.path, self._check)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        address, port = split_endpoint(self.config.endpoint)
-        try:
-            self._tls = ServerTLS.of(self.config.tls)
-            site = web.TCPSite(
-                self._runner, address, port, ssl_context=ServerTLS.context_of(self._tls)
-            )
-            await site.start()
-        except (OSError, ValueError):
-            await self.shutdown()
-            raise
-        bound = bound_port(site)
-        self.endpoint = f"[{address}]:{bound}" if ":" in address else f"{address}:{bound}"
+        self._server = HttpServer(app, self.config.endpoint, self.config.tls)
+        self.endpoint = await self._server.start()
         self.log.info("health check served", extra={"kv": {"endpoint": self.endpoint}})
 
     async def _check(self, _request: web.Request) -> web.Response:
@@ -126,12 +113,9 @@ class HealthCheck:
         )
 
     async def shutdown(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner:
-            await runner.cleanup()
-        if self._tls is not None:
-            await self._tls.stop()
-            self._tls = None
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
 
 
 factory = Factory(

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from collector.core.component import Factory, Host, Kind, Settings
 from collector.core.config_types import ComponentConfig, ListenEndpoint
-from collector.core.endpoints import bound_port, split_endpoint
+from collector.core.http_server import HttpServer
 
 _MAX_SECONDS = 300
 
@@ -103,24 +103,15 @@ class PProf:
         self.config = config
         self.log = settings.logger
         self.endpoint: str | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self._whole_run: _Sampler | None = None
 
     async def start(self, host: Host) -> None:
         app = web.Application()
         app.router.add_get("/debug/pprof/profile", self._profile)
         app.router.add_get("/debug/pprof/threads", self._threads)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        address, port = split_endpoint(self.config.endpoint)
-        try:
-            site = web.TCPSite(self._runner, address, port)
-            await site.start()
-        except OSError:
-            await self.shutdown()
-            raise
-        bound = bound_port(site)
-        self.endpoint = f"[{address}]:{bound}" if ":" in address else f"{address}:{bound}"
+        self._server = HttpServer(app, self.config.endpoint, None)
+        self.endpoint = await self._server.start()
         if self.config.save_to_file:
             self._whole_run = _Sampler(self.config.rate).start()
         self.log.info("pprof served", extra={"kv": {"endpoint": self.endpoint}})
@@ -140,9 +131,9 @@ class PProf:
         return web.Response(text=_threads_and_tasks())
 
     async def shutdown(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
         if self._whole_run is not None:
             folded = await asyncio.to_thread(self._whole_run.stop)
             self._whole_run = None
