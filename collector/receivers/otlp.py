@@ -12,7 +12,6 @@ import asyncio
 import functools
 import math
 import re
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -34,6 +33,7 @@ from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
 from collector.core.consumer import Consumer, PermanentError, RetryableError
 from collector.core.endpoints import split_endpoint, with_port
+from collector.core.http_body import RequestError, read_body
 from collector.core.memory import MemoryPressure
 from collector.core.pdata import (
     GRPC_SERVICES,
@@ -282,9 +282,6 @@ _PROTOBUF = _Codec(
 _JSON = _Codec("application/json", otlpjson.parse, lambda message: otlpjson.dumps(message).encode())
 _CODECS = {codec.content_type: codec for codec in (_PROTOBUF, _JSON)}
 
-# zlib window bits per Content-Encoding ("deflate" is the zlib format, as in HTTP).
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
 _HTTP_TO_RPC_CODE = {
     400: code_pb2.INVALID_ARGUMENT,
     401: code_pb2.UNAUTHENTICATED,
@@ -296,43 +293,6 @@ _HTTP_TO_RPC_CODE = {
 _SAFE_CORS_HEADERS = frozenset(
     {"accept", "content-type", "content-encoding", "origin", "x-requested-with"}
 )
-
-
-class _RequestError(Exception):
-    """A request refused before it reaches the pipeline, with its HTTP status."""
-
-    def __init__(self, http_status: int, message: str) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-
-
-def _decompress(body: bytes, content_encoding: str, limit: int) -> bytes:
-    """Inflate `body`, producing at most `limit` bytes: a compression bomb is refused as soon
-    as its output passes the limit, without inflating the rest."""
-    coding = content_encoding.strip().lower()
-    if coding in ("", "identity"):
-        return body
-    wbits = _WBITS.get(coding)
-    if wbits is None:
-        raise _RequestError(400, f"unsupported Content-Encoding {content_encoding!r}")
-    parts: list[bytes] = []
-    size = 0
-    remaining = body
-    # gzip allows several concatenated members; each needs a fresh decompressor.
-    while remaining:
-        inflater = zlib.decompressobj(wbits)
-        try:
-            part = inflater.decompress(remaining, limit + 1 - size)
-        except zlib.error as e:
-            raise _RequestError(400, f"invalid {coding} body: {e}") from None
-        size += len(part)
-        if size > limit:
-            raise _RequestError(413, f"decompressed body exceeds {limit} bytes")
-        if not inflater.eof:
-            raise _RequestError(400, f"truncated {coding} body")
-        parts.append(part)
-        remaining = inflater.unused_data if coding == "gzip" else b""
-    return b"".join(parts)
 
 
 def _retry_after_s(error: RetryableError) -> float:
@@ -665,7 +625,7 @@ class OtlpReceiver:
         try:
             body = await self._read_body(request)
             parts = await self._decode(signal, body, codec)
-        except _RequestError as e:
+        except RequestError as e:
             return self._status_response(codec, e.http_status, str(e))
         # RecursionError: JSON nested deeper than the parser can follow.
         except (DecodeError, ValueError, RecursionError) as e:
@@ -684,16 +644,7 @@ class OtlpReceiver:
     async def _read_body(self, request: web.Request) -> bytes:
         http = self.config.protocols.http
         assert http is not None, "HTTP requests without the HTTP protocol"
-        limit = http.max_request_body_size
-        if request.content_length is not None and request.content_length > limit:
-            raise _RequestError(413, f"body of {request.content_length} bytes exceeds {limit}")
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise _RequestError(413, f"body exceeds {limit} bytes")
-            chunks.append(chunk)
-        return _decompress(b"".join(chunks), request.headers.get("Content-Encoding", ""), limit)
+        return await read_body(request, http.max_request_body_size)
 
     @staticmethod
     def _status_response(
