@@ -12,6 +12,7 @@ _COMPONENTS = [
     (Kind.RECEIVER, ("lambda_telemetry",), "collector.receivers.lambda_telemetry"),
     (Kind.RECEIVER, ("awsxray",), "collector.receivers.awsxray"),
     (Kind.RECEIVER, ("statsd",), "collector.receivers.statsd"),
+    (Kind.RECEIVER, ("zipkin",), "collector.receivers.zipkin"),
     (
         Kind.RECEIVER,
         ("awsecscontainermetrics",),

@@ -13,8 +13,16 @@ class HttpServer:
     """`app` on `endpoint` (host:port; port 0 picks one). After start, `endpoint` is the bound
     host:port (IPv6 hosts in brackets)."""
 
-    def __init__(self, app: web.Application, endpoint: str, tls: TLSServerConfig | None) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        endpoint: str,
+        tls: TLSServerConfig | None,
+        auto_decompress: bool = True,
+    ) -> None:
+        """`auto_decompress` False leaves Content-Encoding to the handlers (http_body)."""
         self.app = app
+        self._auto_decompress = auto_decompress
         self.endpoint = endpoint
         self._tls_config = tls
         self._runner: web.AppRunner | None = None
@@ -23,7 +31,9 @@ class HttpServer:
     async def start(self) -> str:
         """The bound endpoint. OSError (port taken) or ValueError (unreadable certificates)
         with nothing left listening."""
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, auto_decompress=self._auto_decompress
+        )
         await self._runner.setup()
         address, port = split_endpoint(self.endpoint)
         try:
