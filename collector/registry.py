@@ -13,6 +13,7 @@ _COMPONENTS = [
     (Kind.RECEIVER, ("awsxray",), "collector.receivers.awsxray"),
     (Kind.RECEIVER, ("statsd",), "collector.receivers.statsd"),
     (Kind.RECEIVER, ("zipkin",), "collector.receivers.zipkin"),
+    (Kind.RECEIVER, ("hostmetrics",), "collector.receivers.hostmetrics"),
     (
         Kind.RECEIVER,
         ("awsecscontainermetrics",),
