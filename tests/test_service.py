@@ -6,6 +6,7 @@ from collector.core.config import validate
 from collector.core.graph import GraphError
 from collector.core.service import Service
 from collector.core.signals import Signal
+from collector.core.telemetry import Telemetry
 from tests.support import recording
 from tests.support.builders import make_logs, make_traces
 from tests.support.recording import EVENTS, INSTANCES, recording_registry
@@ -232,3 +233,18 @@ service:
     assert one.telemetry.metric_set(made.append) is metrics
     two.telemetry.metric_set(made.append)
     assert made == [one.telemetry.registry, two.telemetry.registry]
+
+
+def test_process_uptime_and_cpu_time_are_counters_that_grow():
+    telemetry = Telemetry()
+    sample = telemetry.registry.get_sample_value
+    uptime, cpu = (
+        sample("otelcol_process_uptime_total"),
+        sample("otelcol_process_cpu_seconds_total"),
+    )
+    sum(i * i for i in range(200_000))  # some CPU time
+    assert sample("otelcol_process_uptime_total") > uptime
+    assert sample("otelcol_process_cpu_seconds_total") >= cpu > 0
+    text = telemetry.exposition().decode()
+    assert "# TYPE otelcol_process_uptime_total counter" in text
+    assert "# TYPE otelcol_process_cpu_seconds_total counter" in text

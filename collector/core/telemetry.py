@@ -20,7 +20,7 @@ import psutil
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import disable_created_metrics as _disable_created_metrics
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from collector.core.endpoints import bound_port, split_endpoint
 from collector.core.signals import ITEM_NAMES, Signal
@@ -43,6 +43,24 @@ def _per_signal(registry, kind: type, name: str, doc: str, labels: list[str]) ->
         )
         for s in Signal
     }
+
+
+class _ProcessCounters:
+    """The process's uptime and CPU time as counters, as the Collector reports them (they only
+    grow): `otelcol_process_uptime_total` and `otelcol_process_cpu_seconds_total`."""
+
+    def __init__(self, process: psutil.Process, started: float) -> None:
+        self.process, self.started = process, started
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "otelcol_process_uptime", "Uptime of the process [s].", value=time.time() - self.started
+        )
+        yield CounterMetricFamily(
+            "otelcol_process_cpu_seconds",
+            "Total CPU user and system time [s].",
+            value=sum(self.process.cpu_times()[:2]),
+        )
 
 
 class Telemetry:
@@ -119,12 +137,7 @@ class Telemetry:
             "Total physical memory (resident set size) [By].",
             registry=r,
         ).set_function(lambda: self._process.memory_info().rss)
-        Gauge("otelcol_process_uptime", "Uptime of the process [s].", registry=r).set_function(
-            lambda: time.time() - self._started
-        )
-        Gauge(
-            "otelcol_process_cpu_seconds", "Total CPU user and system time [s].", registry=r
-        ).set_function(lambda: sum(self._process.cpu_times()[:2]))
+        r.register(_ProcessCounters(self._process, self._started))
 
     def metric_set(self, create: Callable[[CollectorRegistry], T]) -> T:
         """`create(registry)`, made once per Telemetry: the metrics of a component type, shared
