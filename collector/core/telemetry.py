@@ -139,6 +139,14 @@ class Telemetry:
         ).set_function(lambda: self._process.memory_info().rss)
         r.register(_ProcessCounters(self._process, self._started))
 
+    def receiver_counters(self, signal: Signal, receiver: str, transport: str) -> tuple:
+        """(accepted, refused) item counters of one receiver's signal and transport."""
+        labels = {"receiver": receiver, "transport": transport}
+        return (
+            self.receiver_accepted[signal].labels(**labels),
+            self.receiver_refused[signal].labels(**labels),
+        )
+
     def metric_set(self, create: Callable[[CollectorRegistry], T]) -> T:
         """`create(registry)`, made once per Telemetry: the metrics of a component type, shared
         by its instances (one per pipeline or signal) and told apart by their labels, since a

@@ -175,6 +175,15 @@ class _Backoff:
         return delay
 
 
+def _measure(batch, sizer: str) -> int:
+    """`batch`'s size in `sizer` units: requests, items or bytes of its protobuf encoding."""
+    if sizer == "requests":
+        return 1
+    if sizer == "items":
+        return count_items(batch)
+    return len(batch.data) if isinstance(batch, Encoded) else batch.ByteSize()
+
+
 class Sender:
     """Queue -> retry -> timeout -> push for one exporter and signal.
 
@@ -239,7 +248,7 @@ class Sender:
                 self._log.error(f"persistent queue: record {key} is not a batch; dropped")
                 store.remove(key)
                 continue
-            size = self._size(batch)
+            size = _measure(batch, self._queue_cfg.sizer)
             self._used += size
             self._queue.put_nowait((key, batch, size, None))
             restored += count_items(batch)
@@ -263,7 +272,7 @@ class Sender:
         if self._queue is None:
             await self._export(batch)
             return
-        size, capacity = self._size(batch), self._queue_cfg.queue_size
+        size, capacity = _measure(batch, self._queue_cfg.sizer), self._queue_cfg.queue_size
         if size > capacity:
             self._enqueue_failed.inc(count_items(batch))
             raise PermanentError(
@@ -293,14 +302,6 @@ class Sender:
         self._queue.put_nowait((key, batch, size, outcome))
         if outcome is not None:
             await outcome
-
-    def _size(self, batch) -> int:
-        sizer = self._queue_cfg.sizer
-        if sizer == "requests":
-            return 1
-        if sizer == "items":
-            return count_items(batch)
-        return len(batch.data) if isinstance(batch, Encoded) else batch.ByteSize()
 
     def _release(self, size: int) -> None:
         self._used -= size
@@ -391,7 +392,7 @@ class Sender:
         cfg = self._batch_cfg
         assert cfg is not None
         entries.append(self._take(await queue.get()))
-        gathered = self._batch_size(entries[0][1])
+        gathered = _measure(entries[0][1], cfg.sizer)
         deadline = asyncio.get_running_loop().time() + cfg.flush_timeout
         while gathered < cfg.min_size:
             try:
@@ -403,13 +404,7 @@ class Sender:
             except (TimeoutError, asyncio.QueueEmpty):
                 return
             entries.append(self._take(entry))
-            gathered += self._batch_size(entry[1])
-
-    def _batch_size(self, batch) -> int:
-        assert self._batch_cfg is not None
-        if self._batch_cfg.sizer == "items":
-            return count_items(batch)
-        return len(batch.data) if isinstance(batch, Encoded) else batch.ByteSize()
+            gathered += _measure(entry[1], cfg.sizer)
 
     def _requests(self, batches: list) -> list:
         """The gathered batches as the requests to send: merged, then cut to `max_size`."""

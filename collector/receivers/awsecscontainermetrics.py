@@ -387,12 +387,8 @@ class EcsContainerMetricsReceiver:
         self.config = config
         self.next = next[Signal.METRICS]
         self.log = settings.logger
-        telemetry, receiver = settings.telemetry, str(settings.id)
-        self._accepted = telemetry.receiver_accepted[Signal.METRICS].labels(
-            receiver=receiver, transport="http"
-        )
-        self._refused = telemetry.receiver_refused[Signal.METRICS].labels(
-            receiver=receiver, transport="http"
+        self._accepted, self._refused = settings.telemetry.receiver_counters(
+            Signal.METRICS, str(settings.id), "http"
         )
         self._base = ""
         self._http: aiohttp.ClientSession | None = None

@@ -229,9 +229,8 @@ class HostMetricsReceiver:
         self._start_ns = time.time_ns()
         self._task: asyncio.Task | None = None
         self._failing: set[tuple[str, str]] = set()  # (scraper, error) already logged
-        telemetry, receiver = settings.telemetry, str(settings.id)
-        self._accepted = telemetry.receiver_accepted[Signal.METRICS].labels(
-            receiver=receiver, transport=""
+        self._accepted, _ = settings.telemetry.receiver_counters(
+            Signal.METRICS, str(settings.id), ""
         )
 
     async def start(self, host: Host) -> None:

@@ -415,11 +415,7 @@ class LambdaTelemetryReceiver:
         self._runner: web.AppRunner | None = None
         telemetry, receiver = settings.telemetry, str(settings.id)
         self._counters = {
-            signal: (
-                telemetry.receiver_accepted[signal].labels(receiver=receiver, transport="http"),
-                telemetry.receiver_refused[signal].labels(receiver=receiver, transport="http"),
-            )
-            for signal in self.next
+            signal: telemetry.receiver_counters(signal, receiver, "http") for signal in self.next
         }
         self._handlers = {
             "platform.initStart": self._on_init_start,

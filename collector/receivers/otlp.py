@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from aiohttp import web
 from google.protobuf import duration_pb2
@@ -324,14 +324,24 @@ def _split_resources(batch, max_bytes: int) -> list:
     return parts
 
 
-def _check_limits(limits: Limits, signal: Signal, batches: list) -> None:
+class _Part(NamedTuple):
+    """A part of a request: the batch, its protobuf encoding (None when decoded from JSON)
+    and its item count."""
+
+    batch: Any
+    data: bytes | None
+    items: int
+
+
+def _check_limits(limits: Limits, signal: Signal, parts: list[_Part]) -> None:
     """ValueError naming the first of `limits` the request's parts exceed together."""
+    batches = [part.batch for part in parts]
     if limits.max_resources:
         n = sum(len(resources(batch)) for batch in batches)
         if n > limits.max_resources:
             raise ValueError(f"{n} resources, above limits::max_resources ({limits.max_resources})")
     if limits.max_items:
-        n = sum(count_items(batch) for batch in batches)
+        n = sum(part.items for part in parts)
         if n > limits.max_items:
             raise ValueError(f"{n} items, above limits::max_items ({limits.max_items})")
     if limits.max_attributes:
@@ -391,10 +401,7 @@ class OtlpReceiver:
         self._pressure = settings.shared.get(MemoryPressure)
         telemetry, receiver = settings.telemetry, str(settings.id)
         self._counters = {
-            (signal, transport): (
-                telemetry.receiver_accepted[signal].labels(receiver=receiver, transport=transport),
-                telemetry.receiver_refused[signal].labels(receiver=receiver, transport=transport),
-            )
+            (signal, transport): telemetry.receiver_counters(signal, receiver, transport)
             for signal in self.next
             for transport in ("grpc", "http")
         }
@@ -434,15 +441,13 @@ class OtlpReceiver:
             await self._http_tls.stop()
             self._http_tls = None
 
-    async def _decode(
-        self, signal: Signal, body: bytes, codec: _Codec
-    ) -> list[tuple[Any, bytes | None]]:
-        """The request as (batch, its protobuf encoding or None) parts: a large protobuf request
+    async def _decode(self, signal: Signal, body: bytes, codec: _Codec) -> list[_Part]:
+        """The request as parts: a large protobuf request
         is cut between resources first and decoded part by part, with other clients' requests
         in between, and then goes down the pipeline in those parts. DecodeError / ValueError
         when any part is invalid: then nothing of the request has gone anywhere."""
         request_type = REQUEST_TYPES[signal]
-        parts: list[tuple[Any, bytes | None]] = []
+        parts: list[_Part] = []
         if codec is not _PROTOBUF:
             if len(body) > _BYTES_PER_PUSH:
                 # Parsed on a thread: the event loop serves other clients in between.
@@ -453,26 +458,26 @@ class OtlpReceiver:
                 if parts:
                     await asyncio.sleep(0)
                 check_ids(part)
-                parts.append((part, None))
+                parts.append(_Part(part, None, count_items(part)))
         else:
             for data in split_wire(body, _BYTES_PER_PUSH):
                 if parts:
                     await asyncio.sleep(0)
                 batch = request_type.FromString(data)
                 check_ids(batch)
-                parts.append((batch, data))
-        _check_limits(self.config.limits, signal, [batch for batch, _ in parts])
+                parts.append(_Part(batch, data, count_items(batch)))
+        _check_limits(self.config.limits, signal, parts)
         return parts
 
-    async def _export(self, signal: Signal, parts: list[tuple[Any, bytes | None]], transport: str):
+    async def _export(self, signal: Signal, parts: list[_Part], transport: str):
         """Push the request's parts down the pipeline and return the export response; pipeline
         errors propagate, except a partial rejection, which the response reports. A part whose
         encoding is known goes as such to pipelines that take bytes (pdata.Encoded)."""
         response = RESPONSE_TYPES[signal]()
         accepted, refused = self._counters[signal, transport]
-        counts = [count_items(batch) for batch, _ in parts]
+        counts = [part.items for part in parts]
         rejected, message = 0, ""
-        for i, ((batch, data), items) in enumerate(zip(parts, counts, strict=True)):
+        for i, (batch, data, items) in enumerate(parts):
             if items == 0:
                 continue
             if i:

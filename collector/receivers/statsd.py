@@ -171,12 +171,8 @@ class StatsdReceiver:
         self.next = next[Signal.METRICS]
         self.log = settings.logger
         self.endpoint = ""
-        telemetry, receiver = settings.telemetry, str(settings.id)
-        self._accepted = telemetry.receiver_accepted[Signal.METRICS].labels(
-            receiver=receiver, transport="udp"
-        )
-        self._refused = telemetry.receiver_refused[Signal.METRICS].labels(
-            receiver=receiver, transport="udp"
+        self._accepted, self._refused = settings.telemetry.receiver_counters(
+            Signal.METRICS, str(settings.id), "udp"
         )
         self._drops = DropLog(self.log, "statsd lines dropped", "lines")
         self._observers = {_statsd_type(m.statsd_type): m for m in config.timer_histogram_mapping}

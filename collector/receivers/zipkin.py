@@ -184,12 +184,8 @@ class ZipkinReceiver:
         self.endpoint: str | None = None
         self._server: HttpServer | None = None
         self._pressure = settings.shared.get(MemoryPressure)
-        telemetry, receiver = settings.telemetry, str(settings.id)
-        self._accepted = telemetry.receiver_accepted[Signal.TRACES].labels(
-            receiver=receiver, transport="http"
-        )
-        self._refused = telemetry.receiver_refused[Signal.TRACES].labels(
-            receiver=receiver, transport="http"
+        self._accepted, self._refused = settings.telemetry.receiver_counters(
+            Signal.TRACES, str(settings.id), "http"
         )
 
     async def start(self, host: Host) -> None:

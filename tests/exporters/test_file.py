@@ -98,42 +98,42 @@ async def test_every_signal_round_trips(tmp_path):
     assert sample("otelcol_exporter_sent_log_records_total", {"exporter": "file"}) == 3
 
 
-async def test_proto_format_writes_length_prefixed_messages(tmp_path):
-    path = tmp_path / "out.binpb"
-    exporter = make_exporter({"path": str(path), "format": "proto"})
-    sent = [rich_traces(), make_traces(1)]
+def frames(path) -> list[bytes]:
+    """The records of a file of length-prefixed (4-byte big-endian) records."""
+    data, records = path.read_bytes(), []
+    while data:
+        (size,) = struct.unpack(">I", data[:4])
+        records.append(data[4 : 4 + size])
+        data = data[4 + size :]
+    return records
+
+
+async def write_all(config: dict, batches: list) -> None:
+    exporter = make_exporter(config)
     await exporter.start(StaticHost())
-    for batch in sent:
+    for batch in batches:
         await exporter.consume(batch)
     await exporter.shutdown()
 
-    data, received = path.read_bytes(), []
-    while data:
-        (size,) = struct.unpack(">I", data[:4])
-        received.append(Traces.FromString(data[4 : 4 + size]))
-        data = data[4 + size :]
-    assert received == sent
+
+async def test_proto_format_writes_length_prefixed_messages(tmp_path):
+    path = tmp_path / "out.binpb"
+    sent = [rich_traces(), make_traces(1)]
+    await write_all({"path": str(path), "format": "proto"}, sent)
+    assert [Traces.FromString(frame) for frame in frames(path)] == sent
 
 
 @pytest.mark.parametrize("format_", ["json", "proto"])
 async def test_zstd_writes_each_request_as_a_length_prefixed_zstd_frame(tmp_path, format_):
     path = tmp_path / "out.zst"
-    exporter = make_exporter({"path": str(path), "format": format_, "compression": "zstd"})
     sent = [rich_traces(), make_traces(1)]
-    await exporter.start(StaticHost())
-    for batch in sent:
-        await exporter.consume(batch)
-    await exporter.shutdown()
-
-    data, received = path.read_bytes(), []
-    while data:
-        (size,) = struct.unpack(">I", data[:4])
-        frame = data[4 : 4 + size]
+    await write_all({"path": str(path), "format": format_, "compression": "zstd"}, sent)
+    received = []
+    for frame in frames(path):
         assert frame[:4] == b"\x28\xb5\x2f\xfd"  # the zstd frame magic number
         payload = bytes(cramjam.zstd.decompress(frame))
         proto = format_ == "proto"
         received.append(Traces.FromString(payload) if proto else otlpjson.parse(payload, Traces))
-        data = data[4 + size :]
     assert received == sent
 
 

@@ -75,12 +75,8 @@ class XRayReceiver:
         self.next = next[Signal.TRACES]
         self.log = settings.logger
         self.endpoint = ""
-        telemetry, receiver = settings.telemetry, str(settings.id)
-        self._accepted = telemetry.receiver_accepted[Signal.TRACES].labels(
-            receiver=receiver, transport="udp"
-        )
-        self._refused = telemetry.receiver_refused[Signal.TRACES].labels(
-            receiver=receiver, transport="udp"
+        self._accepted, self._refused = settings.telemetry.receiver_counters(
+            Signal.TRACES, str(settings.id), "udp"
         )
         self.proxy = SigningProxy(config.proxy_server, self.log) if config.proxy_server else None
         self._queue: deque[bytes] = deque()
