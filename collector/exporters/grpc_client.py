@@ -255,6 +255,16 @@ class GrpcChannel:
                     raise GrpcCallError(
                         grpc.StatusCode.UNAVAILABLE, f"cannot connect to {self._authority}: {e}"
                     ) from None
+                sock = writer.get_extra_info("socket")
+                if sock is not None and sock.getsockname() == sock.getpeername():
+                    # A loopback port in the ephemeral range with no listener can be picked as
+                    # the connection's own source port: TCP then connects it to itself, and
+                    # holding that would keep the server from binding its port.
+                    writer.close()
+                    raise GrpcCallError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"cannot connect to {self._authority}: nothing listens there",
+                    )
                 self._connection = _Connection(reader, writer)
             connection = self._connection
             await connection.ready.wait()
