@@ -65,7 +65,7 @@ from collector.core.attributes import (
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer
-from collector.core.pdata import any_value_to_python, is_entry_span, set_attr
+from collector.core.pdata import any_value_to_python, entry_spans, set_attr
 from collector.core.signals import Signal
 from collector.processors.internal.base import Processor
 from collector.processors.internal.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
@@ -244,9 +244,8 @@ class TailLatency(Processor):
                 if kv.key in self._attr_dimensions
             }
             for ss in rs.scope_spans:
-                for span in ss.spans:
-                    if not entry_only or is_entry_span(span):
-                        self._observe(span, resource, epoch)
+                for span in entry_spans(ss.spans) if entry_only else ss.spans:
+                    self._observe(span, resource, epoch)
         return batch
 
     def _observe(self, span: Span, resource: dict[str, str], epoch: int) -> None:
