@@ -20,7 +20,7 @@ from pydantic_core import PydanticUndefined
 
 from collector.core.component import Factory, Kind
 from collector.core.config import ServiceModel
-from collector.core.config_types import format_duration, parse_duration
+from collector.core.config_types import format_duration
 from collector.registry import registry
 
 BEGIN = "<!-- BEGIN GENERATED COMPONENT REFERENCE -->"
@@ -31,16 +31,28 @@ UPSTREAM = Path(__file__).resolve().parents[1] / "docs" / "upstream_components.y
 
 
 def _is_duration(field: FieldInfo) -> bool:
-    return any(getattr(m, "func", None) is parse_duration for m in field.metadata)
+    # parse_duration, or a component's own duration parser built on it (prom_duration).
+    return any(
+        getattr(getattr(m, "func", None), "__name__", "").endswith("duration")
+        for m in field.metadata
+    )
 
 
-def _nested_model(annotation) -> type[BaseModel] | None:
+def _nested_model(annotation) -> tuple[type[BaseModel], str] | None:
+    """The model a field holds, and the key suffix of its options: "" for a model, "[]" for a
+    list of models."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return annotation, ""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg
+            nested = _nested_model(arg)
+            if nested is not None:
+                return nested
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item, "[]"
     return None
 
 
@@ -74,7 +86,7 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         rows.append(f"| `{key}` | {_default(field)} | {doc} |")
         nested = _nested_model(field.annotation)
         if nested is not None:
-            rows.extend(_rows(nested, f"{key}."))
+            rows.extend(_rows(nested[0], f"{key}{nested[1]}."))
     return rows
 
 

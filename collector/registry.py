@@ -13,7 +13,8 @@ _COMPONENTS = [
     (Kind.RECEIVER, ("awsxray",), "collector.receivers.awsxray"),
     (Kind.RECEIVER, ("statsd",), "collector.receivers.statsd"),
     (Kind.RECEIVER, ("zipkin",), "collector.receivers.zipkin"),
-    (Kind.RECEIVER, ("hostmetrics",), "collector.receivers.hostmetrics"),
+    (Kind.RECEIVER, ("hostmetrics", "host_metrics"), "collector.receivers.hostmetrics"),
+    (Kind.RECEIVER, ("prometheus",), "collector.receivers.prometheus"),
     (
         Kind.RECEIVER,
         ("awsecscontainermetrics",),

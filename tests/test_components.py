@@ -145,7 +145,7 @@ def test_every_config_field_is_documented():
             assert field.description, f"{path}{name} has no docstring"
             nested = _nested_model(field.annotation)
             if nested is not None:
-                check(nested, f"{path}{name}.")
+                check(nested[0], f"{path}{name}{nested[1]}.")
 
     for factory in registry().factories():
         check(factory.config, f"{factory.kind.section}::{factory.type}::")

@@ -275,6 +275,7 @@ class HostMetricsReceiver:
 factory = Factory(
     kind=Kind.RECEIVER,
     type="hostmetrics",
+    aliases=("host_metrics",),
     config=Config,
     create=HostMetricsReceiver,
     signals={Signal.METRICS: Stability.ALPHA},

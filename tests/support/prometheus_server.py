@@ -7,9 +7,9 @@
 
 The server listens on a free 127.0.0.1 port with its data in a temporary directory that is
 removed on stop. With `scrape_target` it scrapes that host:port's /metrics every
-`scrape_interval` with `honor_labels: true`; with `remote_write_receiver` it accepts remote
-write at `remote_write_url`. Waits poll with asyncio.sleep, so an exporter in the same event
-loop keeps serving scrapes.
+`scrape_interval` with `honor_labels: true`, or it runs the given `scrape_configs`; with
+`remote_write_receiver` it accepts remote write at `remote_write_url`. Waits poll with
+asyncio.sleep, so an exporter in the same event loop keeps serving scrapes.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ class PrometheusServer:
         scrape_target: str | None = None,
         scrape_interval: str = "1s",
         remote_write_receiver: bool = False,
+        scrape_configs: list[dict] | None = None,
     ) -> None:
         self.port = free_port()
+        self.scrape_configs = scrape_configs
         self.scrape_target = scrape_target
         self.scrape_interval = scrape_interval
         self.remote_write_receiver = remote_write_receiver
@@ -64,7 +66,9 @@ class PrometheusServer:
 
     def _write_config(self, directory: Path) -> Path:
         config: dict = {"global": {"scrape_interval": self.scrape_interval}}
-        if self.scrape_target:
+        if self.scrape_configs is not None:
+            config["scrape_configs"] = self.scrape_configs
+        elif self.scrape_target:
             config["scrape_configs"] = [
                 {
                     "job_name": "coldtail",
@@ -123,6 +127,15 @@ class PrometheusServer:
         if body.get("status") != "success":
             raise RuntimeError(f"query {promql!r} failed: {body}")
         return body["data"]["result"]
+
+    async def api(self, path: str, **params) -> object:
+        """The `data` of an HTTP API call, like api("targets") or api("series", match=...)."""
+        assert self._session is not None, "api call before start"
+        async with self._session.get(f"{self.url}/api/v1/{path}", params=params) as response:
+            body = await response.json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"{path} failed: {body}")
+        return body["data"]
 
     async def wait_for_value(self, promql: str, expected: float, timeout: float = 15.0) -> float:
         """Poll `promql` until its single result equals `expected`; TimeoutError otherwise."""
