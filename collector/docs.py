@@ -1,6 +1,6 @@
 """The README's generated blocks: the component reference, from the registry and the config
 models, and the compatibility table with the OTel Collector, from the registry and
-docs/upstream_components.yaml.
+collector/upstream_components.yaml.
 
 `python -m collector.docs README.md` rewrites the blocks between their markers in place;
 `--check` exits 1 when the README is out of date (the test suite runs it).
@@ -21,13 +21,12 @@ from pydantic_core import PydanticUndefined
 from collector.core.component import Factory, Kind
 from collector.core.config import ServiceModel
 from collector.core.config_types import format_duration
-from collector.registry import registry
+from collector.registry import UPSTREAM, registry
 
 BEGIN = "<!-- BEGIN GENERATED COMPONENT REFERENCE -->"
 END = "<!-- END GENERATED COMPONENT REFERENCE -->"
 COMPAT_BEGIN = "<!-- BEGIN GENERATED COMPATIBILITY -->"
 COMPAT_END = "<!-- END GENERATED COMPATIBILITY -->"
-UPSTREAM = Path(__file__).resolve().parents[1] / "docs" / "upstream_components.yaml"
 
 
 def _is_duration(field: FieldInfo) -> bool:
@@ -150,7 +149,8 @@ def compatibility() -> str:
                 levels = sorted({str(s) for s in _stabilities(factory)})
                 have = f"yes ({', '.join(levels)})" if levels else "yes"
             note = (entry or {}).get("note", "")
-            lines.append(f"| {kind.value} | `{type_}` | {have} | {note} |")
+            names = " ".join(f"`{n}`" for n in (type_, *(entry or {}).get("aliases", [])))
+            lines.append(f"| {kind.value} | {names} | {have} | {note} |")
     lines += ["", COMPAT_END]
     return "\n".join(lines)
 

@@ -4,8 +4,13 @@ and the module defining its factory; modules are imported on first use."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
+
+import yaml
 
 from collector.core.component import Kind, Registry
+
+UPSTREAM = Path(__file__).resolve().parent / "upstream_components.yaml"
 
 _COMPONENTS = [
     (Kind.RECEIVER, ("otlp",), "collector.receivers.otlp"),
@@ -56,8 +61,30 @@ _COMPONENTS = [
 
 
 @functools.cache
+def upstream_components() -> dict[Kind, dict[str, dict]]:
+    """The OTel Collector component types configs commonly use, by kind and type (aliases
+    included): their `note` says what coldtail has or what to use instead."""
+    data = yaml.safe_load(UPSTREAM.read_text())
+    table: dict[Kind, dict[str, dict]] = {}
+    for kind in Kind:
+        entries = table[kind] = {}
+        for type_, entry in (data.get(kind.section) or {}).items():
+            for name in (type_, *(entry or {}).get("aliases", [])):
+                entries[name] = {"type": type_, **(entry or {})}
+    return table
+
+
+def _missing(kind: Kind, type_: str) -> str | None:
+    entry = upstream_components()[kind].get(type_)
+    if entry is None:
+        return None
+    note = entry.get("note") or "not yet"
+    return f"the OTel Collector's {entry['type']} {kind.value} is not in coldtail: {note}"
+
+
+@functools.cache
 def registry() -> Registry:
-    reg = Registry()
+    reg = Registry(_missing)
     for kind, names, module in _COMPONENTS:
         reg.register_lazy(kind, names, module)
     return reg

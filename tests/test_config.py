@@ -20,6 +20,28 @@ def test_invalid_config_reports_every_error_with_its_path(case):
     assert [str(e) for e in info.value.errors] == case["errors"]
 
 
+def test_profiles_pipelines_are_skipped_with_a_warning():
+    # The OTel Collector's experimental profiles signal: configs made for it still run.
+    config = validate(
+        {
+            "receivers": {"otlp": {"protocols": {"grpc": None}}},
+            "exporters": {"debug": None},
+            "service": {
+                "pipelines": {
+                    "traces": {"receivers": ["otlp"], "exporters": ["debug"]},
+                    "profiles": {"receivers": ["otlp"], "exporters": ["debug"]},
+                }
+            },
+        },
+        registry(),
+    )
+    assert [p.signal for p in config.pipelines] == [Signal.TRACES]
+    assert [str(w) for w in config.warnings] == [
+        "service::pipelines::profiles: profiles pipelines are not supported; this pipeline is "
+        "skipped"
+    ]
+
+
 def test_unused_component_is_a_warning_not_an_error():
     config = validate(
         {

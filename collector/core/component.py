@@ -161,8 +161,14 @@ class Registry:
     the module that defines its `factory`, imported on first use: a collector then imports only
     the components its config names (the Lambda extension's init time is the function's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, missing: Callable[[Kind, str], str | None] | None = None) -> None:
         self._factories: dict[Kind, dict[str, Factory | str]] = {k: {} for k in Kind}
+        self._missing = missing
+
+    def missing(self, kind: Kind, type_: str) -> str | None:
+        """What to know about an OTel Collector component type this registry lacks, if it is a
+        known one."""
+        return self._missing(kind, type_) if self._missing is not None else None
 
     def register(self, factory: Factory) -> Factory:
         table = self._factories[factory.kind]

@@ -282,6 +282,11 @@ def _validate_service(raw: Any, errors: list[ConfigIssue]) -> ServiceModel | Non
     return service
 
 
+# The OTel Collector's profiles signal is experimental (behind a feature gate); configs made for
+# it still run, without those pipelines.
+_PROFILES_SKIPPED = "profiles pipelines are not supported; this pipeline is skipped"
+
+
 def _parse_pipeline_id(name: str) -> Signal | None:
     signal, _, _ = name.partition("/")
     try:
@@ -313,10 +318,16 @@ def validate(raw: dict, registry: Registry) -> ServiceConfig:
 
     if not service.pipelines:
         errors.append(ConfigIssue("service::pipelines", "at least one pipeline is required"))
+    skipped = [
+        ConfigIssue(f"service::pipelines::{name}", _PROFILES_SKIPPED)
+        for name in service.pipelines
+        if name.partition("/")[0] == "profiles"
+    ]
     pipelines = [
         pipeline
         for name, body in service.pipelines.items()
-        if (pipeline := _pipeline(name, body, components, declared, used, errors)) is not None
+        if name.partition("/")[0] != "profiles"
+        and (pipeline := _pipeline(name, body, components, declared, used, errors)) is not None
     ]
     _check_connectors(pipelines, components, errors)
     if errors:
@@ -327,7 +338,7 @@ def validate(raw: dict, registry: Registry) -> ServiceConfig:
         extensions,
         service.telemetry,
         service.shutdown_timeout,
-        _unused(declared, used) + _deprecated(components),
+        skipped + _unused(declared, used) + _deprecated(components),
     )
 
 
@@ -365,11 +376,14 @@ def _validate_components(
             declared[kind].add(cid)
             factory = registry.get(kind, cid.type)
             if factory is None:
+                missing = registry.missing(kind, cid.type)
                 errors.append(
                     ConfigIssue(
                         path,
-                        f"unknown type {cid.type!r}; known {kind.value} "
-                        f"types: {', '.join(registry.types(kind)) or 'none'}",
+                        f"unknown type {cid.type!r}"
+                        + (f" ({missing})" if missing else "")
+                        + f"; known {kind.value} types: "
+                        + (", ".join(registry.types(kind)) or "none"),
                     )
                 )
                 continue

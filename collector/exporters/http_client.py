@@ -4,7 +4,6 @@ the Retry-After header."""
 from __future__ import annotations
 
 import email.utils
-import ssl
 import time
 from urllib.parse import urlsplit
 
@@ -16,25 +15,15 @@ MAX_RESPONSE = 64 * 1024  # responses are small; never buffer a huge one
 
 
 class TLSConfig(TLSClientConfig):
-    insecure_skip_verify: bool = False
-    """Accept any server certificate, without verifying it (default false). Only for tests."""
     insecure: bool = False
     """Accepted for compatibility with Collector configs: over HTTP the endpoint's scheme
     decides, `http://` plain text and `https://` TLS (default false)."""
 
 
-def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    context = tls.ssl_context()
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def client_session(url: str, tls: TLSConfig) -> aiohttp.ClientSession:
     """A session for `url`; TLS per `tls` when the scheme is https."""
     secure = urlsplit(url).scheme == "https"
-    connector = aiohttp.TCPConnector(ssl=ssl_context(tls) if secure else False)
+    connector = aiohttp.TCPConnector(ssl=tls.ssl_context() if secure else False)
     # No client-side total timeout: the sender's `timeout` bounds every attempt.
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 

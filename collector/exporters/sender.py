@@ -135,6 +135,8 @@ class TLSClientConfig(ComponentConfig):
     server_name_override: str = ""
     """Host name the server's certificate is checked against (default empty = the endpoint's
     host)."""
+    insecure_skip_verify: bool = False
+    """Accept any server certificate, without verifying it (default false). Only for tests."""
 
     @model_validator(mode="after")
     def _check_pair(self) -> TLSClientConfig:
@@ -146,6 +148,9 @@ class TLSClientConfig(ComponentConfig):
         context = ssl.create_default_context(cafile=self.ca_file or None)
         if self.cert_file:
             context.load_cert_chain(self.cert_file, self.key_file)
+        if self.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         return context
 
 

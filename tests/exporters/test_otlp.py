@@ -220,11 +220,12 @@ async def test_http_scheme_means_plain_text(backend):
 async def test_tls_with_a_self_signed_certificate(tmp_path):
     cert, key = self_signed_cert(str(tmp_path))
     async with Backend(tls_cert=cert, tls_key=key) as backend:
-        h = await started(
-            {"endpoint": backend.grpc_endpoint, "tls": {"ca_file": cert}, "sending_queue": NO_QUEUE}
-        )
-        await h.exporter.consume(make_traces(2))
-        await h.exporter.shutdown()
+        for tls in ({"ca_file": cert}, {"insecure_skip_verify": True}):
+            h = await started(
+                {"endpoint": backend.grpc_endpoint, "tls": tls, "sending_queue": NO_QUEUE}
+            )
+            await h.exporter.consume(make_traces(1))
+            await h.exporter.shutdown()
         assert backend.item_count(Signal.TRACES) == 2
 
         untrusting = await started(
