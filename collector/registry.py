@@ -20,6 +20,8 @@ _COMPONENTS = [
     (Kind.RECEIVER, ("zipkin",), "collector.receivers.zipkin"),
     (Kind.RECEIVER, ("hostmetrics", "host_metrics"), "collector.receivers.hostmetrics"),
     (Kind.RECEIVER, ("prometheus",), "collector.receivers.prometheus"),
+    (Kind.RECEIVER, ("jaeger",), "collector.receivers.jaeger"),
+    (Kind.RECEIVER, ("httpcheck", "http_check"), "collector.receivers.httpcheck"),
     (
         Kind.RECEIVER,
         ("awsecscontainermetrics",),

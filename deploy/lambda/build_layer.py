@@ -49,8 +49,9 @@ GLIBC_MINORS = range(34, 16, -1)
 # layer's pipeline uses (checked by tests/deploy/test_layer_build.py, which starts that pipeline
 # from each layer without them).
 # botocore (the sigv4auth extension's, imported only by it) ships with Lambda's Python runtimes.
-# bcrypt is imported only by the basicauth extension, for htpasswd entries hashed with bcrypt.
-EXCLUDED = {"grpcio", "h2", "isal", "cramjam", "botocore", "bcrypt"}
+# bcrypt is imported only by the basicauth extension, for htpasswd entries hashed with bcrypt;
+# thrift only by the jaeger receiver.
+EXCLUDED = {"grpcio", "h2", "isal", "cramjam", "botocore", "bcrypt", "thrift"}
 # Not needed at run time: tests, tooling, type stubs and C sources.
 PRUNE_DIRS = {"tests", "test", "__pycache__", "bin", "include"}
 PRUNE_SUFFIXES = {".pyi", ".c", ".h", ".pxd", ".pyx"}
