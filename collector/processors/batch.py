@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from types import MappingProxyType
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import Field, model_validator
 
+from collector.core import client
+from collector.core.client import ClientInfo
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
-from collector.core.consumer import Consumer, RetryableError
+from collector.core.consumer import Consumer, PermanentError, RetryableError
 from collector.core.pdata import Encoded, accepts_encoded, count_items
 from collector.core.signals import Signal
 from collector.core.split import split_batch
@@ -41,6 +44,15 @@ class Config(ComponentConfig):
     """Upper limit of items in one outgoing batch; larger ones are split, keeping resource and
     scope (metrics are split by data point, repeating the metric). Default 0: no limit; otherwise
     it must be at least send_batch_size."""
+
+    metadata_keys: list[str] = Field(default_factory=list)
+    """Client metadata keys (request headers or gRPC metadata, with the receiver's
+    include_metadata) whose values split batching: data of each combination of values is
+    batched and sent apart, carrying those values as its client metadata, as multi-tenant
+    pipelines need (default none)."""
+    metadata_cardinality_limit: int = Field(1000, ge=1)
+    """Most combinations of metadata_keys values batched at once; data of a further one is
+    refused (default 1000)."""
 
     @model_validator(mode="after")
     def _max_size(self):
@@ -96,28 +108,157 @@ class _Metrics:
         )
 
 
+class _Batcher:
+    """One batch under construction, its timer and its refusal state. A processor has one, or
+    with `metadata_keys` one per combination of their values, each sent with those values as
+    its client metadata."""
+
+    def __init__(self, processor: BatchProcessor, sender: ClientInfo | None) -> None:
+        self.processor = processor
+        self.config: Config = processor.config
+        self.sender = sender
+        self.held: list = []
+        self.held_items = 0
+        self.deadline = 0.0
+        self.wake = asyncio.Event()
+        self.timer: asyncio.Task | None = None
+        # Set while the next consumer refuses: the delay before the held data is offered again.
+        self.refused_for: float | None = None
+
+    def start_timer(self) -> None:
+        if self.config.timeout > 0 and self.timer is None:
+            name = f"{self.processor.settings.id} timer"
+            self.timer = asyncio.create_task(self._run_timer(), name=name)
+
+    async def stop(self) -> None:
+        if self.timer is not None:
+            # Not cancelled: a send in progress must finish rather than lose its batch.
+            self.wake.set()
+            await self.timer
+            self.timer = None
+        try:
+            while self.held:
+                await self._send(self._take(everything=True))
+                if self.refused_for is not None:
+                    await asyncio.sleep(self.refused_for)
+        finally:
+            if self.held:  # the service's shutdown timeout cancelled the retries
+                self.processor.log.error(
+                    "batch dropped at shutdown: the next consumer kept refusing it",
+                    extra={"kv": {"items": self.held_items}},
+                )
+
+    async def flush(self) -> None:
+        if self.held:
+            await self._send(self._take(everything=True))
+
+    async def add(self, batch, items: int) -> None:
+        if self.refused_for is not None:
+            raise RetryableError(
+                "the batch processor holds data the next consumer refused",
+                retry_after=self.refused_for,
+            )
+        if not self.held:
+            self.deadline = asyncio.get_running_loop().time() + self.config.timeout
+            self.wake.set()
+        if self.processor.encoded:
+            # Encoded as it arrives: one large encoding at the send would hold every receiver.
+            batch = Encoded.of(batch)
+        self.held.append(batch)
+        self.held_items += items
+        trigger = self.processor.trigger
+        if trigger and self.held_items >= trigger:
+            self.processor.size_trigger.inc()
+            await self._send(self._take(everything=False))
+
+    async def _run_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.processor.stopping:
+            self.wake.clear()
+            if not self.held:
+                await self.wake.wait()
+                continue
+            delay = self.deadline - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.wake.wait()
+                continue
+            if self.refused_for is None:  # not a retry of refused data
+                self.processor.timeout_trigger.inc()
+            await self._send(self._take(everything=True))
+
+    def _take(self, everything: bool) -> list:
+        """Remove the held data as outgoing batches. Unless `everything`, a last chunk smaller
+        than the size trigger stays held for the next send."""
+        held, total = self.held, self.held_items
+        self.held, self.held_items = [], 0
+        if self.processor.encoded:
+            # Concatenating wire forms instead of merging messages and encoding the result
+            # (with the exporter's threads): otlp -> batch -> otlp over gRPC went from 72.7k to
+            # 100.5k spans per CPU-second in bench/throughput.py.
+            return [Encoded.join(held)]
+        merged = held[0]
+        for batch in held[1:]:
+            merged.MergeFrom(batch)
+        chunks = self.processor.split(merged)
+        max_size = self.config.send_batch_max_size
+        rest = total - max_size * (len(chunks) - 1) if max_size else total
+        if not everything and rest < self.processor.trigger:
+            self.held, self.held_items = [chunks.pop()], rest
+            self.deadline = asyncio.get_running_loop().time() + self.config.timeout
+        return chunks
+
+    async def _send(self, chunks: list) -> None:
+        """Forward `chunks` in order; when one is refused for now, hold it and the rest again,
+        ahead of what arrived meanwhile, and offer them after a delay."""
+        for i, chunk in enumerate(chunks):
+            try:
+                await self._forward(chunk)
+                self.processor.send_size.observe(count_items(chunk))
+            except RetryableError as exc:
+                back = chunks[i:]
+                self.held[:0] = back
+                self.held_items += sum(count_items(c) for c in back)
+                delay = min(2 * (self.refused_for or _RETRY_FIRST_S / 2), _RETRY_MAX_S)
+                self.refused_for = max(delay, exc.retry_after or 0.0)
+                self.deadline = asyncio.get_running_loop().time() + self.refused_for
+                self.wake.set()
+                return
+            except Exception as exc:
+                self.processor.log.error(
+                    "batch dropped: the next consumer failed",
+                    extra={"kv": {"items": count_items(chunk), "error": repr(exc)}},
+                )
+            self.refused_for = None
+
+    async def _forward(self, chunk) -> None:
+        if self.sender is None:
+            await self.processor.forward(chunk)
+        else:
+            with client.using(self.sender):
+                await self.processor.forward(chunk)
+
+
 class BatchProcessor(Processor):
     # Held batches become (and are merged into) the outgoing requests, so each must be ours.
     mutates_data = True
 
     def __init__(self, settings: Settings, config: Config, signal: Signal, next: Consumer) -> None:
         super().__init__(settings, config, signal, next)
-        self._held: list = []
-        self._held_items = 0
-        self._trigger = config.send_batch_size or config.send_batch_max_size
-        self._deadline = 0.0
-        self._wake = asyncio.Event()
-        self._timer: asyncio.Task | None = None
-        self._stopping = False
-        self._encoded = False  # whether held data is kept as Encoded, decided at start
-        # Set while the next consumer refuses: the delay before the held data is offered again.
-        self._refused_for: float | None = None
+        self.trigger = config.send_batch_size or config.send_batch_max_size
+        self.stopping = False
+        self.started = False
+        self.encoded = False  # whether held data is kept as Encoded, decided at start
+        self._keys = [key.lower() for key in config.metadata_keys]
+        self._batchers: dict[tuple, _Batcher] = {}
         metrics = settings.telemetry.metric_set(_Metrics)
         labels = {"processor": str(settings.id), "pipeline": settings.pipeline}
-        self._send_size = metrics.send_size.labels(**labels)
-        self._size_trigger = metrics.size_trigger.labels(**labels)
-        self._timeout_trigger = metrics.timeout_trigger.labels(**labels)
-        metrics.cardinality.labels(**labels).set(1)  # no metadata_keys: one batcher
+        self.send_size = metrics.send_size.labels(**labels)
+        self.size_trigger = metrics.size_trigger.labels(**labels)
+        self.timeout_trigger = metrics.timeout_trigger.labels(**labels)
+        self._cardinality = metrics.cardinality.labels(**labels)
+        self._cardinality.set(0 if self._keys else 1)
 
     @property
     def accepts_encoded(self) -> bool:
@@ -126,124 +267,54 @@ class BatchProcessor(Processor):
         return not self.config.send_batch_max_size and accepts_encoded(self.next)
 
     async def start(self, host) -> None:
-        self._encoded = self.accepts_encoded
-        if self.config.timeout > 0 and self._timer is None:
-            self._timer = asyncio.create_task(self._run_timer(), name=f"{self.settings.id} timer")
+        self.encoded = self.accepts_encoded
+        self.started = True
+        for batcher in self._batchers.values():
+            batcher.start_timer()
 
     async def shutdown(self) -> None:
-        self._stopping = True
-        if self._timer is not None:
-            # Not cancelled: a send in progress must finish rather than lose its batch.
-            self._wake.set()
-            await self._timer
-            self._timer = None
-        try:
-            while self._held:
-                await self._send(self._take(everything=True))
-                if self._refused_for is not None:
-                    await asyncio.sleep(self._refused_for)
-        finally:
-            if self._held:  # the service's shutdown timeout cancelled the retries
-                self.log.error(
-                    "batch dropped at shutdown: the next consumer kept refusing it",
-                    extra={"kv": {"items": self._held_items}},
-                )
+        self.stopping = True
+        for batcher in list(self._batchers.values()):
+            await batcher.stop()
 
     async def flush(self) -> None:
         """Send everything held now (the Lambda extension does this before each freeze)."""
-        if self._held:
-            await self._send(self._take(everything=True))
+        for batcher in list(self._batchers.values()):
+            await batcher.flush()
 
     async def consume(self, batch) -> None:
         items = count_items(batch)
         self._incoming.inc(items)
         if items == 0:
             return
-        if self.config.timeout == 0 or self._stopping:
-            for chunk in self._split(batch):
+        if self.config.timeout == 0 or self.stopping:
+            for chunk in self.split(batch):
                 await self.forward(chunk)
             return
-        if self._refused_for is not None:
-            raise RetryableError(
-                "the batch processor holds data the next consumer refused",
-                retry_after=self._refused_for,
-            )
-        if not self._held:
-            self._deadline = asyncio.get_running_loop().time() + self.config.timeout
-            self._wake.set()
-        if self._encoded:
-            # Encoded as it arrives: one large encoding at the send would hold every receiver.
-            batch = Encoded.of(batch)
-        self._held.append(batch)
-        self._held_items += items
-        if self._trigger and self._held_items >= self._trigger:
-            self._size_trigger.inc()
-            await self._send(self._take(everything=False))
+        await self._batcher().add(batch, items)
 
-    async def _run_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._stopping:
-            self._wake.clear()
-            if not self._held:
-                await self._wake.wait()
-                continue
-            delay = self._deadline - loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                continue
-            if self._refused_for is None:  # not a retry of refused data
-                self._timeout_trigger.inc()
-            await self._send(self._take(everything=True))
+    def _batcher(self) -> _Batcher:
+        """The batcher of the current client's values of metadata_keys."""
+        sender = client.current()
+        key = tuple(sender.get(k) for k in self._keys)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            if len(self._batchers) >= self.config.metadata_cardinality_limit:
+                raise PermanentError(
+                    "too many combinations of metadata_keys values: over "
+                    f"metadata_cardinality_limit ({self.config.metadata_cardinality_limit})"
+                )
+            values = {k: v for k, v in zip(self._keys, key, strict=True) if v}
+            metadata = ClientInfo(metadata=MappingProxyType(values)) if self._keys else None
+            batcher = self._batchers[key] = _Batcher(self, metadata)
+            self._cardinality.set(len(self._batchers) if self._keys else 1)
+            if self.started:
+                batcher.start_timer()
+        return batcher
 
-    def _take(self, everything: bool) -> list:
-        """Remove the held data as outgoing batches. Unless `everything`, a last chunk smaller
-        than the size trigger stays held for the next send."""
-        held, total = self._held, self._held_items
-        self._held, self._held_items = [], 0
-        if self._encoded:
-            # Concatenating wire forms instead of merging messages and encoding the result
-            # (with the exporter's threads): otlp -> batch -> otlp over gRPC went from 72.7k to
-            # 100.5k spans per CPU-second in bench/throughput.py.
-            return [Encoded.join(held)]
-        merged = held[0]
-        for batch in held[1:]:
-            merged.MergeFrom(batch)
-        chunks = self._split(merged)
-        max_size = self.config.send_batch_max_size
-        rest = total - max_size * (len(chunks) - 1) if max_size else total
-        if not everything and rest < self._trigger:
-            self._held, self._held_items = [chunks.pop()], rest
-            self._deadline = asyncio.get_running_loop().time() + self.config.timeout
-        return chunks
-
-    def _split(self, batch) -> list:
+    def split(self, batch) -> list:
         limit = self.config.send_batch_max_size
         return split_batch(batch, limit) if limit else [batch]
-
-    async def _send(self, chunks: list) -> None:
-        """Forward `chunks` in order; when one is refused for now, hold it and the rest again,
-        ahead of what arrived meanwhile, and offer them after a delay."""
-        for i, chunk in enumerate(chunks):
-            try:
-                await self.forward(chunk)
-                self._send_size.observe(count_items(chunk))
-            except RetryableError as exc:
-                back = chunks[i:]
-                self._held[:0] = back
-                self._held_items += sum(count_items(c) for c in back)
-                delay = min(2 * (self._refused_for or _RETRY_FIRST_S / 2), _RETRY_MAX_S)
-                self._refused_for = max(delay, exc.retry_after or 0.0)
-                self._deadline = asyncio.get_running_loop().time() + self._refused_for
-                self._wake.set()
-                return
-            except Exception as exc:
-                self.log.error(
-                    "batch dropped: the next consumer failed",
-                    extra={"kv": {"items": count_items(chunk), "error": repr(exc)}},
-                )
-            self._refused_for = None
 
 
 factory = Factory(

@@ -22,13 +22,14 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from collector.core import otlpjson
+from collector.core import client, otlpjson
 from collector.core.auth import (
     AuthConfig,
     ServerAuthenticator,
     Unauthenticated,
     server_authenticator,
 )
+from collector.core.client import ClientInfo
 from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
 from collector.core.consumer import Consumer, PermanentError, RetryableError
@@ -177,6 +178,10 @@ class GrpcConfig(ComponentConfig):
     """Requests authenticated by an extension, as `{authenticator: bearertokenauth}`; others
     get UNAUTHENTICATED (default none)."""
 
+    include_metadata: bool = False
+    """Hand each request's gRPC metadata down the pipeline with its data, for the batch
+    processor's metadata_keys (default false)."""
+
 
 class HttpConfig(ComponentConfig):
     endpoint: ListenEndpoint = "127.0.0.1:4318"
@@ -207,6 +212,10 @@ class HttpConfig(ComponentConfig):
     auth: AuthConfig | None = None
     """Requests authenticated by an extension, as `{authenticator: bearertokenauth}`; others
     get 401 (default none)."""
+
+    include_metadata: bool = False
+    """Hand each request's headers down the pipeline with its data, for the batch
+    processor's metadata_keys (default false)."""
 
     @model_validator(mode="after")
     def _distinct_paths(self) -> HttpConfig:
@@ -469,7 +478,17 @@ class OtlpReceiver:
         _check_limits(self.config.limits, signal, parts)
         return parts
 
-    async def _export(self, signal: Signal, parts: list[_Part], transport: str):
+    async def _export(
+        self, signal: Signal, parts: list[_Part], transport: str, sender: ClientInfo | None
+    ):
+        """Push the request's parts down the pipeline, with `sender` as the current client when
+        given, and return the export response."""
+        if sender is None:
+            return await self._export_parts(signal, parts, transport)
+        with client.using(sender):
+            return await self._export_parts(signal, parts, transport)
+
+    async def _export_parts(self, signal: Signal, parts: list[_Part], transport: str):
         """Push the request's parts down the pipeline and return the export response; pipeline
         errors propagate, except a partial rejection, which the response reports. A part whose
         encoding is known goes as such to pipelines that take bytes (pdata.Encoded)."""
@@ -562,7 +581,13 @@ class OtlpReceiver:
         except (DecodeError, ValueError) as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
-            return await self._export(signal, parts, "grpc")
+            sender = None
+            if self.config.protocols.grpc and self.config.protocols.grpc.include_metadata:
+                pairs = context.invocation_metadata() or ()
+                sender = ClientInfo.of(
+                    context.peer(), [(k, v) for k, v in pairs if isinstance(v, str)]
+                )
+            return await self._export(signal, parts, "grpc", sender)
         except RetryableError as e:
             status = _status(code_pb2.UNAVAILABLE, str(e), _retry_after_s(e))
             await context.abort(
@@ -636,7 +661,10 @@ class OtlpReceiver:
         except (DecodeError, ValueError, RecursionError) as e:
             return self._status_response(codec, 400, str(e))
         try:
-            response = await self._export(signal, parts, "http")
+            sender = None
+            if self.config.protocols.http and self.config.protocols.http.include_metadata:
+                sender = ClientInfo.of(request.remote or "", request.headers.items())
+            response = await self._export(signal, parts, "http", sender)
         except RetryableError as e:
             return self._status_response(codec, 503, str(e), _retry_after_s(e))
         except PermanentError as e:

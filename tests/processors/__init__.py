@@ -8,9 +8,12 @@ from tests.support.components import make_settings
 from tests.support.sinks import SinkConsumer
 
 
-def make_processor(factory: Factory, config: dict, signal: Signal = Signal.TRACES, **kwargs):
-    """(processor, sink) for `config` of `factory`, created in pipeline `<signal>`."""
-    sink = SinkConsumer()
+def make_processor(
+    factory: Factory, config: dict, signal: Signal = Signal.TRACES, sink=None, **kwargs
+):
+    """(processor, sink) for `config` of `factory`, created in pipeline `<signal>`; `sink`
+    is a new SinkConsumer unless given."""
+    sink = sink if sink is not None else SinkConsumer()
     settings = make_settings(Kind.PROCESSOR, factory.type, pipeline=signal.value)
     processor = factory.create(
         settings, factory.config.model_validate(config), signal, sink, **kwargs

@@ -3,6 +3,8 @@ import logging
 
 import pytest
 
+from collector.core import client
+from collector.core.client import ClientInfo
 from collector.core.consumer import PermanentError, RetryableError
 from collector.core.pdata import (
     count_items,
@@ -266,3 +268,61 @@ async def test_the_collectors_batch_metrics_count_sends_by_trigger_and_size():
     await processor.shutdown()
     assert sample("otelcol_processor_batch_timeout_trigger_send_total") == 1
     assert sample("otelcol_processor_batch_batch_send_size_bucket", le="10.0") == 1
+
+
+class ClientRecorder(SinkConsumer):
+    """Records, with each batch, the client metadata current when it arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tenants: list = []
+
+    async def consume(self, batch) -> None:
+        current = client.current()
+        self.tenants.append((current.get("x-tenant"), dict(current.metadata)))
+        await super().consume(batch)
+
+
+def sent(sink: ClientRecorder) -> list:
+    """(tenant, items) of each batch sent."""
+    return [(t, count_items(b)) for (t, _), b in zip(sink.tenants, sink.batches, strict=True)]
+
+
+async def from_tenant(processor, tenant: str | None, items: int) -> None:
+    headers = [("X-Tenant", tenant)] if tenant else []
+    with client.using(ClientInfo.of("10.0.0.1:5000", [*headers, ("x-other", "dropped")])):
+        await processor.consume(make_traces(items))
+
+
+async def test_metadata_keys_batch_each_tenant_apart_and_send_its_values_on():
+    sink = ClientRecorder()
+    processor, _ = make_processor(
+        factory, {"send_batch_size": 4, "timeout": "30ms", "metadata_keys": ["X-Tenant"]}, sink=sink
+    )
+    await processor.start(None)
+    await from_tenant(processor, "a", 3)
+    await from_tenant(processor, "b", 3)
+    await from_tenant(processor, None, 1)
+    assert sink.batches == []  # 3 + 3 + 1 would pass the size trigger of one batcher
+    await from_tenant(processor, "a", 1)  # tenant a reaches 4
+    assert sent(sink) == [(("a",), 4)]
+    await sink.wait_for(8)  # b's and the tenantless batch go on timeout
+    await processor.shutdown()
+    assert sorted(sent(sink)) == [((), 1), (("a",), 4), (("b",), 3)]
+    # Only the metadata_keys travel on, not the other headers.
+    assert all(set(metadata) <= {"x-tenant"} for _, metadata in sink.tenants)
+    assert processor_metric(processor, "incoming") == 8
+
+
+async def test_metadata_cardinality_limit_refuses_a_further_combination():
+    processor, sink = make_processor(
+        factory, {"timeout": "1h", "metadata_keys": ["x-tenant"], "metadata_cardinality_limit": 2}
+    )
+    await processor.start(None)
+    await from_tenant(processor, "a", 1)
+    await from_tenant(processor, "b", 1)
+    with pytest.raises(PermanentError, match="metadata_cardinality_limit"):
+        await from_tenant(processor, "c", 1)
+    await from_tenant(processor, "a", 1)  # known combinations still go through
+    await processor.shutdown()
+    assert sink.item_count == 3

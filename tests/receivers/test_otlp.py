@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
+from collector.core import client as client_info
 from collector.core import otlpjson
 from collector.core.consumer import PermanentError, RetryableError
 from collector.core.memory import MemoryPressure
@@ -897,3 +898,41 @@ def test_keepalive_maps_to_grpc_server_arguments():
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+class ClientRecorder(SinkConsumer):
+    """Records, with each batch, the client metadata current when it arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: list = []
+
+    async def consume(self, batch) -> None:
+        self.clients.append(client_info.current())
+        await super().consume(batch)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_include_metadata_hands_the_request_headers_down_the_pipeline(serve, protocol):
+    sink = ClientRecorder()
+    protocols = {
+        "grpc": {"endpoint": "127.0.0.1:0", "include_metadata": protocol == "grpc"},
+        "http": {"endpoint": "127.0.0.1:0", "include_metadata": protocol == "http"},
+    }
+    receiver = await serve({Signal.TRACES: sink}, protocols)
+    for name in ("grpc", "http"):  # include_metadata is per protocol
+        if name == "grpc":  # gRPC metadata keys are lower case
+            headers = {"x-tenant": "acme", "x-team": "checkout"}
+            exporter = GrpcSpans(endpoint=receiver.grpc_endpoint, insecure=True, headers=headers)
+        else:
+            url = f"http://{receiver.http_endpoint}/v1/traces"
+            exporter = HttpSpans(endpoint=url, headers={"X-Tenant": "acme", "X-Team": "checkout"})
+        try:
+            assert (await asyncio.to_thread(exporter.export, sdk_spans())).name == "SUCCESS"
+        finally:
+            exporter.shutdown()
+    with_metadata, without = sink.clients if protocol == "grpc" else list(reversed(sink.clients))
+    assert with_metadata.get("x-tenant") == ("acme",)
+    assert with_metadata.get("X-Team") == ("checkout",)
+    assert with_metadata.addr  # the peer's address
+    assert without.get("x-tenant") == () and client_info.current().get("x-tenant") == ()
