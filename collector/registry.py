@@ -40,6 +40,7 @@ _COMPONENTS = [
     (Kind.PROCESSOR, ("coldstart",), "collector.processors.coldstart"),
     (Kind.PROCESSOR, ("tail_latency",), "collector.processors.tail_latency"),
     (Kind.PROCESSOR, ("tail_sampling",), "collector.processors.tail_sampling"),
+    (Kind.PROCESSOR, ("metricstransform",), "collector.processors.metricstransform"),
     (Kind.CONNECTOR, ("forward",), "collector.connectors.forward"),
     (Kind.CONNECTOR, ("span_metrics", "spanmetrics"), "collector.connectors.span_metrics"),
     (Kind.EXPORTER, ("awsemf",), "collector.exporters.awsemf"),
