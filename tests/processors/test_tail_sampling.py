@@ -3,12 +3,14 @@ import random
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from collector.core.component import Kind
+from collector.core.config import ConfigError, validate
 from collector.core.consumer import RetryableError
 from collector.core.pdata import Traces, get_attr, iter_spans
 from collector.core.signals import Signal
@@ -16,9 +18,11 @@ from collector.core.telemetry import Telemetry
 from collector.processors.tail_sampling import factory
 from collector.processors.tail_sampling.config import Config
 from collector.processors.tail_sampling.policies.base import Decision
+from collector.processors.tail_sampling.policies.composite import CompositePolicy
 from collector.processors.tail_sampling.policies.probabilistic import fnv1a_64
 from collector.processors.tail_sampling.policies.rate_limiting import RateLimitingPolicy
 from collector.processors.tail_sampling.trace import Fragment, Trace
+from collector.registry import registry
 from tests.processors import make_processor, processor_metric
 from tests.support.builders import make_traces
 from tests.support.components import make_settings
@@ -561,3 +565,207 @@ def test_new_policies_check_their_options():
         build({}, [policy("span_count", min_spans=5, max_spans=3) | {"name": "c"}])
     with pytest.raises(ValueError, match="spans_per_second"):
         build({}, [policy("rate_limiting", spans_per_second=0) | {"name": "r"}])
+
+
+def as_trace(n: int, batch: Traces) -> Trace:
+    """Trace `trace_id(n)` holding the spans of `batch`, as the processor would hold them."""
+    trace = Trace(trace_id(n), 0.0)
+    for rs in batch.resource_spans:
+        for ss in rs.scope_spans:
+            trace.fragments.append(Fragment((b"", ""), (b"", ""), rs, ss, list(ss.spans)))
+    return trace
+
+
+def composite(total: int, subs: list[dict], order=None, allocation=None) -> CompositePolicy:
+    options: dict = {"max_total_spans_per_second": total, "composite_sub_policy": subs}
+    if order is not None:
+        options["policy_order"] = order
+    if allocation is not None:
+        options["rate_allocation"] = [{"policy": p, "percent": n} for p, n in allocation.items()]
+    return CompositePolicy.model_validate({"name": "c", "type": "composite", "composite": options})
+
+
+ALL = {"name": "all", "type": "always_sample"}
+HEALTH: dict[str, Any] = {"attributes": {"http.route": "/health"}}
+ROUTE_B: dict[str, Any] = {"attributes": {"http.route": "/b"}}
+NO_HEALTH = {"name": "no-health", **string_attr(values=["/health"], invert_match=True)}
+ERRORS_AND_TWO_SPANS = {
+    "name": "errors-of-two",
+    "type": "and",
+    "and": {"and_sub_policy": [KEEP_ERRORS, {"name": "two", **policy("span_count", min_spans=2)}]},
+}
+
+COMPOSITE_CASES = [
+    # (composite, steps: (clock reading, spans in the trace, span options, kept))
+    pytest.param(
+        composite(10, [ALL]),
+        [
+            (100.0, 4, {}, True),
+            (100.5, 4, {}, True),
+            (100.9, 4, {}, False),  # 12 > 10; not counted, so a smaller trace still fits
+            (100.9, 2, {}, True),
+            (100.99, 1, {}, False),
+            (101.0, 4, {}, True),  # a new second: the count restarts
+            (101.5, 4, {}, True),
+            (101.7, 4, {}, False),
+        ],
+        id="budget-spent-within-a-second-then-reset",
+    ),
+    pytest.param(
+        composite(8, [ALL, KEEP_ERRORS], order=["errors", "all"], allocation={"errors": 50}),
+        [
+            (5.0, 4, {}, True),
+            (5.1, 1, {}, False),  # `all` spent its 4
+            (5.2, 4, ERROR, True),  # asked first, `errors` takes it into its own 4
+            (5.3, 1, ERROR, False),
+        ],
+        id="policy-order-goes-before-the-listed-order",
+    ),
+    pytest.param(
+        composite(8, [ALL, KEEP_ERRORS], allocation={"errors": 50}),
+        [
+            (5.0, 4, ERROR, True),  # listed first, `all` takes it
+            (5.1, 1, {}, False),
+            (5.2, 4, ERROR, False),  # `all` is full; `errors`, with room, is not asked
+        ],
+        id="without-policy-order-the-listed-order",
+    ),
+    pytest.param(
+        composite(10, [ALL, KEEP_ERRORS], order=["errors"], allocation={"errors": 20}),
+        [
+            (7.0, 2, ERROR, True),
+            (7.1, 1, ERROR, False),  # `errors` is full and the trace does not go on to `all`
+            (7.2, 5, {}, True),  # `all`, left out of policy_order, is asked after: 10 / 2
+            (7.3, 1, {}, False),
+        ],
+        id="a-full-share-refuses-and-sub-policies-left-out-of-order-come-after",
+    ),
+    pytest.param(
+        composite(
+            90,
+            [KEEP_ERRORS, {"name": "b", **string_attr(values=["/b"])}, ALL],
+            allocation={"errors": 50, "all": 0},
+        ),
+        [
+            # `b` (no entry) and `all` (0%) each get 90 / 3 = 30, a part of the whole budget
+            # rather than of the 45 `errors` leaves; together the shares exceed 90.
+            (1.0, 30, ROUTE_B, True),
+            (1.1, 1, ROUTE_B, False),
+            (1.2, 30, {}, True),
+            (1.3, 1, {}, False),
+            (1.4, 45, ERROR, True),
+            (1.5, 1, ERROR, False),
+        ],
+        id="sub-policies-without-allocation-get-an-equal-share-of-the-whole",
+    ),
+    pytest.param(
+        composite(10, [NO_HEALTH, ALL], allocation={"no-health": 50}),
+        [
+            (3.0, 5, HEALTH, True),  # the inverted match only skips `no-health`: `all` takes it
+            (3.1, 5, {"attributes": {"http.route": "/x"}}, True),  # no match: `no-health` keeps
+            (3.2, 1, {}, False),
+            (3.3, 1, HEALTH, False),
+        ],
+        id="inverted-match-only-skips-its-sub-policy",
+    ),
+    pytest.param(
+        composite(4, [ERRORS_AND_TWO_SPANS, ALL]),
+        [
+            (9.0, 2, ERROR, True),
+            (9.1, 1, ERROR, True),  # one span: the `and` fails, `all` takes it
+            (9.2, 1, {}, True),
+            (9.3, 1, {}, False),
+            (9.4, 2, ERROR, False),
+        ],
+        id="and-as-a-sub-policy",
+    ),
+    pytest.param(
+        composite(100, [KEEP_ERRORS, {"name": "b", **string_attr(values=["/b"])}]),
+        [(2.0, 1, {}, False), (2.1, 1, OK, False), (2.2, 1, ROUTE_B, True)],
+        id="not-kept-when-no-sub-policy-keeps-it",
+    ),
+]
+
+
+@pytest.mark.parametrize(("policy_config", "steps"), COMPOSITE_CASES)
+def test_composite(policy_config: CompositePolicy, steps):
+    now = [0.0]
+    evaluate = policy_config.evaluator(clock=lambda: now[0])
+    decisions = []
+    for n, (at, count, options, _) in enumerate(steps):
+        now[0] = at
+        decisions.append(evaluate(as_trace(n, spans(trace_id(n), count, **options))))
+    assert decisions == [Decision.SAMPLED if kept else Decision.NOT_SAMPLED for *_, kept in steps]
+
+
+@pytest.mark.parametrize(
+    ("total", "subs", "allocation", "shares"),
+    [
+        (1000, ["a", "b"], {"a": 25, "b": 0}, {"a": 250, "b": 500}),
+        (1000, ["a", "b"], {"a": 25}, {"a": 250, "b": 500}),
+        (10, ["a", "b", "c"], {}, {"a": 3, "b": 3, "c": 3}),
+        (10, ["a", "b"], {"a": 33, "b": 67}, {"a": 3, "b": 6}),
+        (7, ["a"], {"a": 100}, {"a": 7}),
+    ],
+)
+def test_composite_shares(total, subs, allocation, shares):
+    policies = [{"name": name, "type": "always_sample"} for name in subs]
+    assert composite(total, policies, allocation=allocation).shares() == shares
+
+
+async def test_composite_in_the_processor_keeps_whole_traces_and_never_vetoes():
+    budget = {
+        "name": "budget",
+        "type": "composite",
+        "composite": {
+            "max_total_spans_per_second": 1000,
+            "policy_order": ["errors", "no-health"],
+            "composite_sub_policy": [NO_HEALTH, KEEP_ERRORS],
+            "rate_allocation": [{"policy": "errors", "percent": 50}],
+        },
+    }
+    kept_slow = {"name": "slow", **policy("latency", threshold_ms=1000)}
+    processor, sink, _ = build({}, [budget, kept_slow])
+    await processor.consume(spans(trace_id(1), 2, **HEALTH))
+    await processor.consume(spans(trace_id(1), **ERROR))
+    await processor.consume(spans(trace_id(2), 3, **HEALTH))
+    await processor.consume(spans(trace_id(3), 2, duration_ms=1500, **HEALTH))
+    await processor.consume(spans(trace_id(4), 2))
+    await processor.shutdown()
+    # 1: an error, kept whole; 2: dropped by no sub-policy keeping it; 3: the inverted match
+    # inside the composite does not stop `slow` keeping it; 4: kept by `no-health`.
+    assert spans_by_trace(sink) == {trace_id(1): 3, trace_id(3): 2, trace_id(4): 2}
+    assert metric(processor, "count_traces_sampled_total", policy="budget", sampled="true") == 2
+    assert metric(processor, "count_traces_sampled_total", policy="budget", sampled="false") == 2
+
+
+def test_composite_config_errors_name_the_key_path():
+    bad = {
+        "max_total_spans_per_second": 10,
+        "policy_order": ["missing"],
+        "composite_sub_policy": [ALL],
+        "rate_allocation": [{"policy": "all", "percent": 101}],
+    }
+    raw = {
+        "receivers": {"otlp": {"protocols": {"http": {"endpoint": "127.0.0.1:0"}}}},
+        "processors": {
+            "tail_sampling": {"policies": [{"name": "c", "type": "composite", "composite": bad}]}
+        },
+        "exporters": {"debug": {}},
+        "service": {
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["tail_sampling"],
+                    "exporters": ["debug"],
+                }
+            }
+        },
+    }
+    with pytest.raises(ConfigError) as excinfo:
+        validate(raw, registry())
+    path = "processors::tail_sampling::policies::0::composite::"
+    assert {str(e) for e in excinfo.value.errors} == {
+        path + "policy_order: 'missing' names no sub-policy; sub-policies: all",
+        path + "rate_allocation::0::percent: Input should be less than or equal to 100",
+    }

@@ -17,8 +17,9 @@ from pydantic import Field, model_validator
 
 from collector.core.config_types import ComponentConfig, Duration
 from collector.processors.tail_sampling.policies.and_ import AndPolicy, BasicPolicy
+from collector.processors.tail_sampling.policies.composite import CompositePolicy
 
-Policy = Annotated[BasicPolicy | AndPolicy, Field(discriminator="type")]
+Policy = Annotated[BasicPolicy | AndPolicy | CompositePolicy, Field(discriminator="type")]
 
 
 class DecisionCacheConfig(ComponentConfig):
@@ -52,9 +53,13 @@ class Config(ComponentConfig):
     [ERROR, OK, UNSET]}; latency {threshold_ms, upper_threshold_ms}; string_attribute {key,
     values, enabled_regex_matching, invert_match}; boolean_attribute {key, value};
     numeric_attribute {key, min_value, max_value}; span_count {min_spans, max_spans};
-    trace_state {key, values}; rate_limiting {spans_per_second}; and {and_sub_policy: [...]}.
-    Attribute
-    policies look at the resource and the spans of the trace. Required, not empty."""
+    trace_state {key, values}; rate_limiting {spans_per_second}; and {and_sub_policy: [...]};
+    composite {max_total_spans_per_second, policy_order: [names], composite_sub_policy: [...],
+    rate_allocation: [{policy, percent}]}: the first sub-policy in policy_order that would keep
+    a trace keeps it if its share of the spans per second has room (a sub-policy without a
+    rate_allocation entry gets max_total_spans_per_second divided by the number of
+    sub-policies). Attribute policies look at the resource and the spans of the trace.
+    Required, not empty."""
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -312,5 +312,5 @@ factory = Factory(
     create=TailSamplingProcessor,
     signals={Signal.TRACES: Stability.ALPHA},
     description="Holds the spans of each trace for decision_wait, then keeps or drops the whole "
-    "trace by policies (status code, latency, attributes, probability, and).",
+    "trace by policies (status code, latency, attributes, probability, and, composite).",
 )
