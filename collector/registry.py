@@ -56,6 +56,7 @@ _COMPONENTS = [
     (Kind.EXTENSION, ("basicauth",), "collector.extensions.basicauth"),
     (Kind.EXTENSION, ("bearertokenauth",), "collector.extensions.bearertokenauth"),
     (Kind.EXTENSION, ("file_storage",), "collector.extensions.file_storage"),
+    (Kind.EXTENSION, ("headers_setter",), "collector.extensions.headers_setter"),
     (Kind.EXTENSION, ("health_check",), "collector.extensions.health_check"),
     (Kind.EXTENSION, ("pprof",), "collector.extensions.pprof"),
     (Kind.EXTENSION, ("sigv4auth",), "collector.extensions.sigv4auth"),

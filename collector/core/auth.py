@@ -27,9 +27,9 @@ class ClientAuthenticator(Protocol):
 
     async def authorize(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes
-    ) -> dict[str, str]:
-        """Headers to add to the request (a token, or a signature over the others and the
-        body)."""
+    ) -> Mapping[str, str | None]:
+        """Headers to set on the request (a token, or a signature over the others and the
+        body); a None value removes that header."""
         ...
 
 
@@ -39,6 +39,15 @@ class ServerAuthenticator(Protocol):
     def authenticate(self, headers: Mapping[str, str]) -> None:
         """Raise Unauthenticated unless `headers` (names lower-case) carry valid credentials."""
         ...
+
+
+def with_auth_headers(
+    headers: Mapping[str, str], extra: Mapping[str, str | None]
+) -> dict[str, str]:
+    """`headers` with an authenticator's `extra` set, case-insensitively; None removes one."""
+    names = {k.lower() for k in extra}
+    kept = {k: v for k, v in headers.items() if k.lower() not in names}
+    return kept | {k: v for k, v in extra.items() if v is not None}
 
 
 def client_authenticator(host: Host, auth: AuthConfig | None) -> ClientAuthenticator | None:

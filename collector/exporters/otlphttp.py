@@ -17,7 +17,12 @@ from google.rpc import status_pb2
 from pydantic import Field, field_validator, model_validator
 
 from collector.core import otlpjson
-from collector.core.auth import AuthConfig, ClientAuthenticator, client_authenticator
+from collector.core.auth import (
+    AuthConfig,
+    ClientAuthenticator,
+    client_authenticator,
+    with_auth_headers,
+)
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig
 from collector.core.consumer import PermanentError, RetryableError
@@ -149,7 +154,8 @@ class OTLPHTTPExporter(Exporter[Config]):
         assert self._session is not None, "push before connect"
         body, headers = self._encode(batch), self._headers
         if self._auth is not None:
-            headers = {**headers, **await self._auth.authorize("POST", self._url, headers, body)}
+            extra = await self._auth.authorize("POST", self._url, headers, body)
+            headers = with_auth_headers(headers, extra)
         try:
             async with self._session.post(
                 self._url,

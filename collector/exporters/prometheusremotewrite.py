@@ -21,7 +21,12 @@ import cramjam
 from google.protobuf.message import Message
 from pydantic import Field, field_validator, model_validator
 
-from collector.core.auth import AuthConfig, ClientAuthenticator, client_authenticator
+from collector.core.auth import (
+    AuthConfig,
+    ClientAuthenticator,
+    client_authenticator,
+    with_auth_headers,
+)
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig
 from collector.core.consumer import PermanentError, RetryableError
@@ -212,7 +217,8 @@ class PrometheusRemoteWriteExporter(Exporter[Config]):
         assert self._session is not None, "push before connect"
         headers = self._headers
         if self._auth is not None:
-            headers = {**headers, **await self._auth.authorize("POST", url, headers, body)}
+            extra = await self._auth.authorize("POST", url, headers, body)
+            headers = with_auth_headers(headers, extra)
         try:
             async with self._session.post(
                 url,

@@ -19,6 +19,8 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
+from collector.core import client
+from collector.core.client import ClientInfo
 from collector.core.component import Host, Settings
 from collector.core.config_types import ComponentConfig, Duration, format_duration
 from collector.core.consumer import PermanentError, RetryableError
@@ -189,6 +191,19 @@ def _measure(batch, sizer: str) -> int:
     return len(batch.data) if isinstance(batch, Encoded) else batch.ByteSize()
 
 
+def _by_client(entries: list) -> list[tuple[ClientInfo, list]]:
+    """The batches of queue entries in runs of the same client (each run is sent under its
+    client's metadata), in order."""
+    runs: list[tuple[ClientInfo, list]] = []
+    for entry in entries:
+        sender = entry[4] or ClientInfo()
+        if runs and runs[-1][0] == sender:
+            runs[-1][1].append(entry[1])
+        else:
+            runs.append((sender, [entry[1]]))
+    return runs
+
+
 class Sender:
     """Queue -> retry -> timeout -> push for one exporter and signal.
 
@@ -211,7 +226,8 @@ class Sender:
         self._failed = t.exporter_send_failed[signal].labels(exporter=exporter)
         self._enqueue_failed = t.exporter_enqueue_failed[signal].labels(exporter=exporter)
         # Entries are (storage key or None, batch, size in sizer units, future of its outcome
-        # or None); the queue itself is unbounded, `_used` against queue_size bounds it.
+        # or None, its client); the queue itself is unbounded, `_used` against queue_size
+        # bounds it.
         self._queue: asyncio.Queue | None = None
         self._used = 0
         self._room = asyncio.Event()  # set when a batch leaves the queue (or at shutdown)
@@ -255,7 +271,7 @@ class Sender:
                 continue
             size = _measure(batch, self._queue_cfg.sizer)
             self._used += size
-            self._queue.put_nowait((key, batch, size, None))
+            self._queue.put_nowait((key, batch, size, None, None))  # clients are not stored
             restored += count_items(batch)
         self._store = store
         if restored:
@@ -304,7 +320,7 @@ class Sender:
         outcome = (
             asyncio.get_running_loop().create_future() if self._queue_cfg.wait_for_result else None
         )
-        self._queue.put_nowait((key, batch, size, outcome))
+        self._queue.put_nowait((key, batch, size, outcome, client.current()))
         if outcome is not None:
             await outcome
 
@@ -332,7 +348,7 @@ class Sender:
         finally:
             left = self._in_flight
             while not queue.empty():
-                _, batch, size, outcome = queue.get_nowait()
+                _, batch, size, outcome, _ = queue.get_nowait()
                 left += count_items(batch)
                 self._release(size)
                 if outcome is not None and not outcome.done():
@@ -367,12 +383,14 @@ class Sender:
                 # _export counts and logs a failure; the data is then dropped, and its waiting
                 # senders, if any, told.
                 error: Exception | None = None
-                for chunk in self._requests([batch for _, batch, _, _ in entries]):
-                    try:
-                        await self._export(chunk)
-                    except Exception as e:
-                        error = error or e
-                for key, _, _, outcome in entries:
+                for sender, batches in _by_client(entries):
+                    with client.using(sender):  # for authenticators like headers_setter
+                        for chunk in self._requests(batches):
+                            try:
+                                await self._export(chunk)
+                            except Exception as e:
+                                error = error or e
+                for key, _, _, outcome, _ in entries:
                     if outcome is not None and not outcome.done():
                         if error is None:
                             outcome.set_result(None)
@@ -381,7 +399,7 @@ class Sender:
                     if key is not None:  # sent or given up: either way done with
                         self._store_remove(key)
             finally:
-                for _, batch, _, _ in entries:
+                for _, batch, _, _, _ in entries:
                     self._in_flight -= count_items(batch)
                     queue.task_done()
 
