@@ -41,6 +41,7 @@ _COMPONENTS = [
     (Kind.PROCESSOR, ("tail_latency",), "collector.processors.tail_latency"),
     (Kind.PROCESSOR, ("tail_sampling",), "collector.processors.tail_sampling"),
     (Kind.PROCESSOR, ("metricstransform",), "collector.processors.metricstransform"),
+    (Kind.PROCESSOR, ("transform",), "collector.processors.transform"),
     (Kind.CONNECTOR, ("forward",), "collector.connectors.forward"),
     (Kind.CONNECTOR, ("span_metrics", "spanmetrics"), "collector.connectors.span_metrics"),
     (Kind.EXPORTER, ("awsemf",), "collector.exporters.awsemf"),

@@ -1,7 +1,10 @@
+import logging
+
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector.core.pdata import count_items, get_attr, iter_items, iter_spans, resources
+from collector.core.consumer import PermanentError
+from collector.core.pdata import count_items, get_attr, iter_items, iter_spans, resources, set_attr
 from collector.core.signals import Signal
 from collector.processors.filter import factory
 from tests.processors import make_processor, processor_metric
@@ -226,3 +229,152 @@ async def test_dropping_everything_is_not_an_error():
     await processor.consume(logs())
     assert sink.batches == []
     assert count_items(logs()) == 5
+
+
+# --- OTTL conditions -----------------------------------------------------------------------
+
+# A condition that fails on every item: no name is 1000 bytes long.
+FAILING = 'Substring(name, 0, 1000) == ""'
+
+
+def traces_with_events():
+    """traces() with events on the checkout GET spans: one `debug`, one `cache.miss`."""
+    batch = traces()
+    for span in batch.resource_spans[0].scope_spans[0].spans[:2]:
+        span.events.add().name = "debug"
+        span.events.add().name = "cache.miss"
+    return batch
+
+
+@pytest.mark.parametrize(
+    ("conditions", "kept"),
+    [
+        ({"span": ['name == "GET /healthz"']}, 4),
+        ({"span": ['resource.attributes["service.name"] == "cart"']}, 3),
+        ({"span": ["kind == SPAN_KIND_CLIENT", 'IsMatch(name, "health")']}, 2),
+        ({"span": ['attributes["http.method"] == "GET" and attributes["test.index"] == 1']}, 4),
+        ({"span": ['span.attributes["http.method"] != nil']}, 3),
+        ({"span": ['resource.attributes["deployment.environment"] == nil']}, 2),
+        ({"span": ["false"]}, 5),
+        ({"span": []}, 5),
+    ],
+)
+async def test_ottl_span_conditions(conditions, kept):
+    processor, sink = make_processor(factory, {"traces": conditions})
+    await processor.consume(traces())
+    assert sink.item_count == kept
+    assert processor_metric(processor, "outgoing") == kept
+
+
+async def test_ottl_span_event_conditions_keep_the_span():
+    processor, sink = make_processor(
+        factory,
+        {"traces": {"span": ['name == "GET /healthz"'], "spanevent": ['name == "debug"']}},
+    )
+    await processor.consume(traces_with_events())
+    (out,) = sink.batches
+    assert [[e.name for e in s.events] for _, _, s in iter_spans(out)] == [
+        ["cache.miss"],
+        ["cache.miss"],
+        [],
+        [],
+    ]
+
+
+async def test_a_dropped_span_skips_its_event_conditions():
+    # An event condition that would fail on every event is never run for dropped spans.
+    processor, sink = make_processor(
+        factory,
+        {
+            "traces": {
+                "span": ['resource.attributes["service.name"] == "checkout"'],
+                "spanevent": [FAILING],
+            }
+        },
+    )
+    await processor.consume(traces_with_events())
+    assert sink.item_count == 2
+
+
+async def test_ottl_metric_and_datapoint_conditions():
+    processor, sink = make_processor(
+        factory,
+        {
+            "metrics": {
+                "metric": ['name == "rpc.server.duration"', 'HasAttrOnDatapoint("env", "dev")'],
+                "datapoint": ['attributes["test.index"] == 0', "value_int > 2"],
+            }
+        },
+        Signal.METRICS,
+    )
+    batch = make_metrics(3, name="http.server.duration")
+    batch.MergeFrom(make_metrics(2, name="rpc.server.duration"))
+    batch.MergeFrom(make_metrics(1, name="single"))
+    flagged = make_metrics(2, name="flagged")
+    set_attr(
+        flagged.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points[1].attributes,
+        "env",
+        "dev",
+    )
+    batch.MergeFrom(flagged)
+    await processor.consume(batch)
+    (out,) = sink.batches
+    kept = [(m.name, [p.as_int for p in m.sum.data_points]) for _, _, m in iter_items(out)]
+    # http: points 1, 2, 3 lose index 0 and values above 2; single: its only point is index 0.
+    assert kept == [("http.server.duration", [2])]
+    assert processor_metric(processor, "incoming") == 8
+    assert processor_metric(processor, "outgoing") == 1
+
+
+async def test_ottl_log_conditions():
+    processor, sink = make_processor(
+        factory,
+        {"logs": {"log_record": ['IsMatch(body, "^health")', "severity_number == 0"]}},
+        Signal.LOGS,
+    )
+    await processor.consume(logs())
+    kept = [r.body.string_value for b in sink.batches for _, _, r in iter_items(b)]
+    assert kept == ["request served 0", "request served 1", "slow request 0"]
+
+
+async def test_ottl_dropping_everything_is_not_an_error():
+    processor, sink = make_processor(factory, {"logs": {"log_record": ["true"]}}, Signal.LOGS)
+    await processor.consume(logs())
+    assert sink.batches == []
+
+
+@pytest.mark.parametrize("mode", ["ignore", "silent"])
+async def test_a_failing_condition_does_not_match(caplog, mode):
+    # Substring fails on every span name; the second condition still drops the health check.
+    processor, sink = make_processor(
+        factory,
+        {
+            "error_mode": mode,
+            "traces": {"span": [FAILING, 'name == "GET /healthz"']},
+        },
+    )
+    with caplog.at_level(logging.WARNING):
+        await processor.consume(traces())
+    assert sink.item_count == 4
+    assert ("failed on 5 item(s)" in caplog.text) is (mode == "ignore")
+
+
+async def test_a_failing_condition_fails_the_batch_with_propagate():
+    config = {"error_mode": "propagate", "traces": {"span": [FAILING]}}
+    processor, sink = make_processor(factory, config)
+    with pytest.raises(PermanentError, match=r"Substring.*out of range"):
+        await processor.consume(traces())
+    assert sink.batches == []
+
+
+async def test_legacy_and_ottl_for_different_signals():
+    config = {
+        "spans": {"exclude": {"match_type": "strict", "services": ["cart"]}},
+        "logs": {"log_record": ['body == "health check 0"']},
+    }
+    processor, sink = make_processor(factory, config)
+    await processor.consume(traces())
+    assert sink.item_count == 3
+    processor, sink = make_processor(factory, config, Signal.LOGS)
+    await processor.consume(logs())
+    assert sink.item_count == 4
