@@ -44,6 +44,7 @@ _COMPONENTS = [
     (Kind.PROCESSOR, ("transform",), "collector.processors.transform"),
     (Kind.CONNECTOR, ("forward",), "collector.connectors.forward"),
     (Kind.CONNECTOR, ("span_metrics", "spanmetrics"), "collector.connectors.span_metrics"),
+    (Kind.CONNECTOR, ("servicegraph",), "collector.connectors.servicegraph"),
     (Kind.EXPORTER, ("awsemf",), "collector.exporters.awsemf"),
     (Kind.EXPORTER, ("awsxray",), "collector.exporters.awsxray"),
     (Kind.EXPORTER, ("debug",), "collector.exporters.debug"),
