@@ -22,6 +22,7 @@ _COMPONENTS = [
     (Kind.RECEIVER, ("prometheus",), "collector.receivers.prometheus"),
     (Kind.RECEIVER, ("jaeger",), "collector.receivers.jaeger"),
     (Kind.RECEIVER, ("httpcheck", "http_check"), "collector.receivers.httpcheck"),
+    (Kind.RECEIVER, ("filelog", "file_log"), "collector.receivers.filelog"),
     (
         Kind.RECEIVER,
         ("awsecscontainermetrics",),

@@ -177,7 +177,23 @@ def test_the_helm_charts_metric_reader_sets_the_own_metrics_address():
     [
         (
             {"readers": [{"periodic": {"exporter": {"otlp": {"endpoint": "x"}}}}]},
-            "periodic readers are not supported; use pull with prometheus",
+            "expected an http:// or https:// URL",
+        ),
+        (
+            {
+                "readers": [
+                    {
+                        "periodic": {
+                            "exporter": {"otlp": {"protocol": "grpc", "endpoint": "http://x:4317"}}
+                        }
+                    }
+                ]
+            },
+            "the collector's own telemetry is pushed with http/protobuf",
+        ),
+        (
+            {"readers": [{"pull": {"exporter": {"prometheus": {"port": 1}}}}] * 2},
+            "at most one pull reader",
         ),
         (
             {

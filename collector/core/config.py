@@ -20,6 +20,7 @@ from collector.core.config_types import (
     parse_listen_endpoint,
 )
 from collector.core.signals import Signal
+from collector.core.telemetry_push import LogProcessor, PeriodicReader
 
 SIGNALS = ", ".join(s.value for s in Signal)
 
@@ -29,6 +30,9 @@ class LogsConfig(ComponentConfig):
     """Lowest level written to stderr. Default info."""
     encoding: Literal["console", "json"] = "console"
     """console: tab-separated text lines; json: one JSON object per line. Default console."""
+    processors: list[LogProcessor] = Field(default_factory=list)
+    """Also push the log lines over OTLP/HTTP: `[{batch: {exporter: {otlp: {protocol:
+    http/protobuf, endpoint: ...}}}}]`, as the OTel Collector configures it (default none)."""
 
 
 class PrometheusPullExporter(ComponentConfig):
@@ -57,16 +61,17 @@ class PullReader(ComponentConfig):
 
 class MetricReader(ComponentConfig):
     pull: PullReader | None = None
-    """A reader that serves the metrics to be scraped: the only kind supported."""
-    periodic: dict | None = None
-    """Pushing the own metrics (OTLP) is not supported: use a pull reader."""
+    """Serves the metrics to be scraped (Prometheus text at /metrics)."""
+    periodic: PeriodicReader | None = None
+    """Pushes the metrics over OTLP/HTTP every `interval` milliseconds."""
 
     @model_validator(mode="after")
-    def _pull_only(self) -> MetricReader:
-        if self.periodic is not None:
-            raise ValueError("periodic readers are not supported; use pull with prometheus")
-        if self.pull is None:
-            raise ValueError("expected pull: {exporter: {prometheus: {host, port}}}")
+    def _one_kind(self) -> MetricReader:
+        if (self.pull is None) == (self.periodic is None):
+            raise ValueError(
+                "expected one of pull: {exporter: {prometheus: {host, port}}} and periodic: "
+                "{exporter: {otlp: {endpoint}}}"
+            )
         return self
 
 
@@ -77,21 +82,36 @@ class MetricsConfig(ComponentConfig):
     """Where /metrics serves the collector's own metrics in Prometheus text. Default
     127.0.0.1:8888."""
     readers: list[MetricReader] = Field(default_factory=list)
-    """The OTel Collector's newer form of `address` (default none): one `pull` reader with a
-    `prometheus` exporter's `host` and `port`, as the Collector's Helm chart writes it."""
+    """The OTel Collector's newer form (default none): at most one `pull` reader with a
+    `prometheus` exporter's `host` and `port`, as the Collector's Helm chart writes it, which
+    replaces `address`, and `periodic` readers pushing over OTLP/HTTP. With readers and no pull
+    reader, /metrics is not served."""
 
     @model_validator(mode="after")
     def _address_from_reader(self) -> MetricsConfig:
         if not self.readers:
             return self
-        if len(self.readers) > 1:
-            raise ValueError("readers: one pull reader is supported")
         if "address" in self.model_fields_set:
             raise ValueError("set either address or readers")
-        prometheus = self.readers[0].pull.exporter.prometheus  # type: ignore[union-attr]
-        host = f"[{prometheus.host}]" if ":" in prometheus.host else prometheus.host
-        self.address = parse_listen_endpoint(f"{host}:{prometheus.port}")
+        pulls = [r.pull for r in self.readers if r.pull is not None]
+        if len(pulls) > 1:
+            raise ValueError("readers: at most one pull reader")
+        if pulls:
+            prometheus = pulls[0].exporter.prometheus
+            host = f"[{prometheus.host}]" if ":" in prometheus.host else prometheus.host
+            self.address = parse_listen_endpoint(f"{host}:{prometheus.port}")
         return self
+
+    @property
+    def served(self) -> bool:
+        """Whether /metrics is served: unless readers are given without a pull one."""
+        return self.level != "none" and (
+            not self.readers or any(r.pull is not None for r in self.readers)
+        )
+
+    @property
+    def periodic(self) -> list[PeriodicReader]:
+        return [r.periodic for r in self.readers if r.periodic is not None]
 
 
 class TelemetryConfig(ComponentConfig):

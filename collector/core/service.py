@@ -15,6 +15,7 @@ from collector.core.component import ComponentID, Kind, Settings, Shared
 from collector.core.config import ServiceConfig
 from collector.core.graph import Graph
 from collector.core.telemetry import MetricsServer, Telemetry, component_logger
+from collector.core.telemetry_push import TelemetryPush
 
 log = logging.getLogger("coldtail.service")
 
@@ -31,6 +32,7 @@ class Service:
         self.status = "starting"
         self._instance_id = str(uuid.uuid4())
         self._metrics_server: MetricsServer | None = None
+        self._push: TelemetryPush | None = None
         self.graph = Graph(config, self._settings)
         self.receivers = self.graph.receivers
 
@@ -84,11 +86,19 @@ class Service:
         self.status = "starting"
         metrics = self.config.telemetry.metrics
         try:
-            if metrics.level != "none":
+            if metrics.served:
                 self._metrics_server = MetricsServer(
                     self.telemetry, metrics.address, self.resource()
                 )
                 await self._metrics_server.start()
+            if metrics.level != "none" or self.config.telemetry.logs.processors:
+                self._push = TelemetryPush(
+                    self.telemetry.registry,
+                    self.resource(),
+                    metrics.periodic if metrics.level != "none" else [],
+                    self.config.telemetry.logs.processors,
+                )
+                await self._push.start()
             for eid, ext in self.graph.extensions.items():
                 await self._start_one(f"extension {eid}", ext)
             for label, component in self.graph.order:
@@ -133,6 +143,8 @@ class Service:
             await self._stop_one(f"extension {eid}", ext, deadline)
         if self._metrics_server:
             await self._metrics_server.shutdown()
+        if self._push is not None:
+            await self._push.shutdown()
         self.status = "stopped"
 
     async def _stop_one(self, label: str, component, deadline: float) -> None:
