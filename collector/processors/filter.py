@@ -115,6 +115,8 @@ class Config(ComponentConfig):
     since 0.153: log it; the condition does not match), silent (the condition does not match)
     or propagate (the batch fails and is dropped, the sender is told). Legacy matching cannot
     fail."""
+    profiles: dict | None = None
+    """Accepted for compatibility: profiles pipelines are skipped (see service::pipelines)."""
     spans: SpanFilter = Field(default_factory=SpanFilter)
     """Legacy span filter (include/exclude). Empty: all spans pass."""
     traces: TraceConditions = Field(default_factory=TraceConditions)
