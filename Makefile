@@ -20,6 +20,10 @@ test-servers:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
 		>/dev/null; } || echo "prometheus could not be installed: its tests will be skipped"
+	@command -v chromium >/dev/null || { \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+		>/dev/null; } || echo "chromium could not be installed: the page's browser test will be skipped"
 
 # The Python runtimes the layer claims, for the emulator: one venv per pyenv interpreter with the
 # runtime client (awslambdaric) and the OpenTelemetry API. Their tests skip where pyenv lacks one.

@@ -1,5 +1,5 @@
 """Quantile sketch benchmark: the `ddsketch` package's DDSketch against coldtail's own
-log-bucket sketch (collector.processors.internal.sketch), both at 1% relative accuracy.
+log-bucket sketch (collector.core.sketch), both at 1% relative accuracy.
 
     python -m bench.sketch [--values 200000] [--keys 50]
 
@@ -18,7 +18,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from collector.processors.internal.sketch import Sketch, WindowedSketch
+from collector.core.sketch import Sketch, WindowedSketch
 
 ACCURACY = 0.01
 QUANTILES = (0.5, 0.95, 0.99)

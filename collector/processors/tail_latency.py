@@ -9,7 +9,7 @@ latency percentiles as metrics.
 
 Spans are grouped by key (the values of `dimensions`). Each key keeps a sketch of its span
 durations over a sliding window (relative accuracy 1%, see
-collector.processors.internal.sketch). Once a key holds `min_samples` durations, a span at or
+collector.core.sketch). Once a key holds `min_samples` durations, a span at or
 above the key's p95 (p99) gets
 `coldtail.latency.tail` = "p95" ("p99": the highest percentile crossed) and
 `coldtail.latency.threshold_ms`, the duration of that percentile. Thresholds are within 1% of
@@ -67,8 +67,8 @@ from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer
 from collector.core.pdata import any_value_to_python, entry_spans, set_attr
 from collector.core.signals import Signal
+from collector.core.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
 from collector.processors.internal.base import Processor
-from collector.processors.internal.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
 
 SPAN_NAME = "span.name"
 SPAN_KIND = "span.kind"

@@ -8,8 +8,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from collector.core.component import Kind
 from collector.core.pdata import get_attr, iter_spans
 from collector.core.signals import Signal
+from collector.core.sketch import Sketch, WindowedSketch
 from collector.core.telemetry import Telemetry
-from collector.processors.internal.sketch import Sketch, WindowedSketch
 from collector.processors.tail_latency import Config, factory
 from tests.processors import make_processor
 from tests.support.builders import make_traces
