@@ -2,23 +2,18 @@
 PostSpansRequest), built at import from the field numbers jaeger-idl declares, so that no
 generated code or protoc step is needed; and the request decoded into model.py.
 
-The messages live in a private descriptor pool: another package defining `jaeger.api_v2` in
-the default pool cannot clash with them.
+The messages live in a private descriptor pool (collector.core.proto_schema): another package
+defining `jaeger.api_v2` in the default pool cannot clash with them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import (
-    descriptor_pb2,
-    descriptor_pool,
-    duration_pb2,
-    message_factory,
-    timestamp_pb2,
-)
-from google.protobuf.message import DecodeError, Message
+from google.protobuf import descriptor_pb2, duration_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
 
+from collector.core.proto_schema import OPTIONAL, REPEATED, F, Field, add_fields, message_classes
 from collector.receivers.jaeger.model import (
     Batch,
     Log,
@@ -32,54 +27,51 @@ from collector.receivers.jaeger.model import (
 SERVICE = "jaeger.api_v2.CollectorService"
 METHOD = "PostSpans"
 
-_F = descriptor_pb2.FieldDescriptorProto
-_OPTIONAL, _REPEATED = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
-
 # message -> [(field name, number, type, label, message or enum type name)], as in
 # jaeger-idl's proto/api_v2/model.proto and collector.proto.
-_MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
+_MESSAGES: dict[str, list[Field]] = {
     "KeyValue": [
-        ("key", 1, _F.TYPE_STRING, _OPTIONAL, ""),
-        ("v_type", 2, _F.TYPE_ENUM, _OPTIONAL, ".jaeger.api_v2.ValueType"),
-        ("v_str", 3, _F.TYPE_STRING, _OPTIONAL, ""),
-        ("v_bool", 4, _F.TYPE_BOOL, _OPTIONAL, ""),
-        ("v_int64", 5, _F.TYPE_INT64, _OPTIONAL, ""),
-        ("v_float64", 6, _F.TYPE_DOUBLE, _OPTIONAL, ""),
-        ("v_binary", 7, _F.TYPE_BYTES, _OPTIONAL, ""),
+        ("key", 1, F.TYPE_STRING, OPTIONAL, ""),
+        ("v_type", 2, F.TYPE_ENUM, OPTIONAL, ".jaeger.api_v2.ValueType"),
+        ("v_str", 3, F.TYPE_STRING, OPTIONAL, ""),
+        ("v_bool", 4, F.TYPE_BOOL, OPTIONAL, ""),
+        ("v_int64", 5, F.TYPE_INT64, OPTIONAL, ""),
+        ("v_float64", 6, F.TYPE_DOUBLE, OPTIONAL, ""),
+        ("v_binary", 7, F.TYPE_BYTES, OPTIONAL, ""),
     ],
     "Log": [
-        ("timestamp", 1, _F.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.Timestamp"),
-        ("fields", 2, _F.TYPE_MESSAGE, _REPEATED, ".jaeger.api_v2.KeyValue"),
+        ("timestamp", 1, F.TYPE_MESSAGE, OPTIONAL, ".google.protobuf.Timestamp"),
+        ("fields", 2, F.TYPE_MESSAGE, REPEATED, ".jaeger.api_v2.KeyValue"),
     ],
     "SpanRef": [
-        ("trace_id", 1, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("span_id", 2, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("ref_type", 3, _F.TYPE_ENUM, _OPTIONAL, ".jaeger.api_v2.SpanRefType"),
+        ("trace_id", 1, F.TYPE_BYTES, OPTIONAL, ""),
+        ("span_id", 2, F.TYPE_BYTES, OPTIONAL, ""),
+        ("ref_type", 3, F.TYPE_ENUM, OPTIONAL, ".jaeger.api_v2.SpanRefType"),
     ],
     "Process": [
-        ("service_name", 1, _F.TYPE_STRING, _OPTIONAL, ""),
-        ("tags", 2, _F.TYPE_MESSAGE, _REPEATED, ".jaeger.api_v2.KeyValue"),
+        ("service_name", 1, F.TYPE_STRING, OPTIONAL, ""),
+        ("tags", 2, F.TYPE_MESSAGE, REPEATED, ".jaeger.api_v2.KeyValue"),
     ],
     "Span": [
-        ("trace_id", 1, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("span_id", 2, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("operation_name", 3, _F.TYPE_STRING, _OPTIONAL, ""),
-        ("references", 4, _F.TYPE_MESSAGE, _REPEATED, ".jaeger.api_v2.SpanRef"),
-        ("flags", 5, _F.TYPE_UINT32, _OPTIONAL, ""),
-        ("start_time", 6, _F.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.Timestamp"),
-        ("duration", 7, _F.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.Duration"),
-        ("tags", 8, _F.TYPE_MESSAGE, _REPEATED, ".jaeger.api_v2.KeyValue"),
-        ("logs", 9, _F.TYPE_MESSAGE, _REPEATED, ".jaeger.api_v2.Log"),
-        ("process", 10, _F.TYPE_MESSAGE, _OPTIONAL, ".jaeger.api_v2.Process"),
-        ("process_id", 11, _F.TYPE_STRING, _OPTIONAL, ""),
-        ("warnings", 12, _F.TYPE_STRING, _REPEATED, ""),
+        ("trace_id", 1, F.TYPE_BYTES, OPTIONAL, ""),
+        ("span_id", 2, F.TYPE_BYTES, OPTIONAL, ""),
+        ("operation_name", 3, F.TYPE_STRING, OPTIONAL, ""),
+        ("references", 4, F.TYPE_MESSAGE, REPEATED, ".jaeger.api_v2.SpanRef"),
+        ("flags", 5, F.TYPE_UINT32, OPTIONAL, ""),
+        ("start_time", 6, F.TYPE_MESSAGE, OPTIONAL, ".google.protobuf.Timestamp"),
+        ("duration", 7, F.TYPE_MESSAGE, OPTIONAL, ".google.protobuf.Duration"),
+        ("tags", 8, F.TYPE_MESSAGE, REPEATED, ".jaeger.api_v2.KeyValue"),
+        ("logs", 9, F.TYPE_MESSAGE, REPEATED, ".jaeger.api_v2.Log"),
+        ("process", 10, F.TYPE_MESSAGE, OPTIONAL, ".jaeger.api_v2.Process"),
+        ("process_id", 11, F.TYPE_STRING, OPTIONAL, ""),
+        ("warnings", 12, F.TYPE_STRING, REPEATED, ""),
     ],
     "Batch": [
-        ("spans", 1, _F.TYPE_MESSAGE, _REPEATED, ".jaeger.api_v2.Span"),
-        ("process", 2, _F.TYPE_MESSAGE, _OPTIONAL, ".jaeger.api_v2.Process"),
+        ("spans", 1, F.TYPE_MESSAGE, REPEATED, ".jaeger.api_v2.Span"),
+        ("process", 2, F.TYPE_MESSAGE, OPTIONAL, ".jaeger.api_v2.Process"),
     ],
     "PostSpansRequest": [
-        ("batch", 1, _F.TYPE_MESSAGE, _OPTIONAL, ".jaeger.api_v2.Batch"),
+        ("batch", 1, F.TYPE_MESSAGE, OPTIONAL, ".jaeger.api_v2.Batch"),
     ],
     "PostSpansResponse": [],
 }
@@ -101,11 +93,7 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
         for number, value in enumerate(values):
             enum.value.add(name=value, number=number)
     for name, fields in _MESSAGES.items():
-        message = file.message_type.add(name=name)
-        for field_name, number, kind, label, type_name in fields:
-            field = message.field.add(name=field_name, number=number, type=kind, label=label)
-            if type_name:
-                field.type_name = type_name
+        add_fields(file.message_type.add(name=name), fields)
     service = file.service.add(name="CollectorService")
     service.method.add(
         name=METHOD,
@@ -115,20 +103,7 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     return file
 
 
-def _classes() -> dict[str, type[Message]]:
-    pool = descriptor_pool.DescriptorPool()
-    for module in (timestamp_pb2, duration_pb2):
-        dependency = descriptor_pb2.FileDescriptorProto()
-        module.DESCRIPTOR.CopyToProto(dependency)
-        pool.Add(dependency)
-    pool.Add(_file())
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"jaeger.api_v2.{name}"))
-        for name in _MESSAGES
-    }
-
-
-MESSAGES = _classes()
+MESSAGES = message_classes(_file(), _MESSAGES, (timestamp_pb2, duration_pb2))
 PostSpansRequest = MESSAGES["PostSpansRequest"]
 PostSpansResponse = MESSAGES["PostSpansResponse"]
 

@@ -2,63 +2,56 @@
 built at import from its field numbers, so that no generated code or protoc step is needed;
 and a `ListOfSpans` body read into model.py's v2 spans.
 
-The messages live in a private descriptor pool: tracers that register their own generated
-`zipkin.proto3` in the default pool (py_zipkin does) cannot clash with them.
+The messages live in a private descriptor pool (collector.core.proto_schema): tracers that
+register their own generated `zipkin.proto3` in the default pool (py_zipkin does) cannot clash
+with them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError, Message
+from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError
 
+from collector.core.proto_schema import OPTIONAL, REPEATED, F, Field, add_fields, message_classes
 from collector.receivers.zipkin.model import Annotation, Endpoint, Span, byte_id, ip_text, port
 
 _PACKAGE = "zipkin.proto3"
-_F = descriptor_pb2.FieldDescriptorProto
-_OPTIONAL, _REPEATED = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
 
 # message -> [(field name, number, type, label, message or enum type name)], as zipkin.proto.
-_MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
+_MESSAGES: dict[str, list[Field]] = {
     "Span": [
-        ("trace_id", 1, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("parent_id", 2, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("id", 3, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("kind", 4, _F.TYPE_ENUM, _OPTIONAL, ".zipkin.proto3.Span.Kind"),
-        ("name", 5, _F.TYPE_STRING, _OPTIONAL, ""),
-        ("timestamp", 6, _F.TYPE_FIXED64, _OPTIONAL, ""),
-        ("duration", 7, _F.TYPE_UINT64, _OPTIONAL, ""),
-        ("local_endpoint", 8, _F.TYPE_MESSAGE, _OPTIONAL, ".zipkin.proto3.Endpoint"),
-        ("remote_endpoint", 9, _F.TYPE_MESSAGE, _OPTIONAL, ".zipkin.proto3.Endpoint"),
-        ("annotations", 10, _F.TYPE_MESSAGE, _REPEATED, ".zipkin.proto3.Annotation"),
-        ("tags", 11, _F.TYPE_MESSAGE, _REPEATED, ".zipkin.proto3.Span.TagsEntry"),
-        ("debug", 12, _F.TYPE_BOOL, _OPTIONAL, ""),
-        ("shared", 13, _F.TYPE_BOOL, _OPTIONAL, ""),
+        ("trace_id", 1, F.TYPE_BYTES, OPTIONAL, ""),
+        ("parent_id", 2, F.TYPE_BYTES, OPTIONAL, ""),
+        ("id", 3, F.TYPE_BYTES, OPTIONAL, ""),
+        ("kind", 4, F.TYPE_ENUM, OPTIONAL, ".zipkin.proto3.Span.Kind"),
+        ("name", 5, F.TYPE_STRING, OPTIONAL, ""),
+        ("timestamp", 6, F.TYPE_FIXED64, OPTIONAL, ""),
+        ("duration", 7, F.TYPE_UINT64, OPTIONAL, ""),
+        ("local_endpoint", 8, F.TYPE_MESSAGE, OPTIONAL, ".zipkin.proto3.Endpoint"),
+        ("remote_endpoint", 9, F.TYPE_MESSAGE, OPTIONAL, ".zipkin.proto3.Endpoint"),
+        ("annotations", 10, F.TYPE_MESSAGE, REPEATED, ".zipkin.proto3.Annotation"),
+        ("tags", 11, F.TYPE_MESSAGE, REPEATED, ".zipkin.proto3.Span.TagsEntry"),
+        ("debug", 12, F.TYPE_BOOL, OPTIONAL, ""),
+        ("shared", 13, F.TYPE_BOOL, OPTIONAL, ""),
     ],
     "Endpoint": [
-        ("service_name", 1, _F.TYPE_STRING, _OPTIONAL, ""),
-        ("ipv4", 2, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("ipv6", 3, _F.TYPE_BYTES, _OPTIONAL, ""),
-        ("port", 4, _F.TYPE_INT32, _OPTIONAL, ""),
+        ("service_name", 1, F.TYPE_STRING, OPTIONAL, ""),
+        ("ipv4", 2, F.TYPE_BYTES, OPTIONAL, ""),
+        ("ipv6", 3, F.TYPE_BYTES, OPTIONAL, ""),
+        ("port", 4, F.TYPE_INT32, OPTIONAL, ""),
     ],
     "Annotation": [
-        ("timestamp", 1, _F.TYPE_FIXED64, _OPTIONAL, ""),
-        ("value", 2, _F.TYPE_STRING, _OPTIONAL, ""),
+        ("timestamp", 1, F.TYPE_FIXED64, OPTIONAL, ""),
+        ("value", 2, F.TYPE_STRING, OPTIONAL, ""),
     ],
     "ListOfSpans": [
-        ("spans", 1, _F.TYPE_MESSAGE, _REPEATED, ".zipkin.proto3.Span"),
+        ("spans", 1, F.TYPE_MESSAGE, REPEATED, ".zipkin.proto3.Span"),
     ],
 }
 # Span.Kind, by number.
 _KINDS = ["SPAN_KIND_UNSPECIFIED", "CLIENT", "SERVER", "PRODUCER", "CONSUMER"]
-
-
-def _add_fields(message: descriptor_pb2.DescriptorProto, fields) -> None:
-    for name, number, kind, label, type_name in fields:
-        field = message.field.add(name=name, number=number, type=kind, label=label)
-        if type_name:
-            field.type_name = type_name
 
 
 def _file() -> descriptor_pb2.FileDescriptorProto:
@@ -67,7 +60,7 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     )
     for name, fields in _MESSAGES.items():
         message = file.message_type.add(name=name)
-        _add_fields(message, fields)
+        add_fields(message, fields)
         if name == "Span":
             kind = message.enum_type.add(name="Kind")
             for number, value in enumerate(_KINDS):
@@ -75,26 +68,17 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
             # `map<string, string> tags` is a repeated nested entry message.
             entry = message.nested_type.add(name="TagsEntry")
             entry.options.map_entry = True
-            _add_fields(
+            add_fields(
                 entry,
                 [
-                    ("key", 1, _F.TYPE_STRING, _OPTIONAL, ""),
-                    ("value", 2, _F.TYPE_STRING, _OPTIONAL, ""),
+                    ("key", 1, F.TYPE_STRING, OPTIONAL, ""),
+                    ("value", 2, F.TYPE_STRING, OPTIONAL, ""),
                 ],
             )
     return file
 
 
-def _classes() -> dict[str, type[Message]]:
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(_file())
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in _MESSAGES
-    }
-
-
-MESSAGES = _classes()
+MESSAGES = message_classes(_file(), _MESSAGES)
 ListOfSpans = MESSAGES["ListOfSpans"]
 
 
