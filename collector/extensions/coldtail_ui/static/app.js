@@ -7,7 +7,7 @@
   const REASONS = ['cold', 'p95', 'p99', 'error'];
   const $ = (id) => document.getElementById(id);
 
-  // --- DOM helpers -------------------------------------------------------------------------
+  // --- DOM helpers
 
   function el(ns, tag, attrs, kids) {
     const e = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
@@ -24,7 +24,7 @@
   const h = (tag, attrs, ...kids) => el(null, tag, attrs, kids);
   const s = (tag, attrs, ...kids) => el(SVGNS, tag, attrs, kids);
 
-  // Rebuilding a container loses keyboard focus and scroll offsets; put them back.
+  // Rebuilding a container loses keyboard focus; put it back on the element with the same key.
   function keepFocus(render) {
     const key = document.activeElement && document.activeElement.dataset
       ? document.activeElement.dataset.focus : null;
@@ -35,7 +35,7 @@
     }
   }
 
-  // --- formatting --------------------------------------------------------------------------
+  // --- formatting
 
   // Three significant digits, never an exponent: 12.1, 88.0, 1320, 12300.
   function fmtMs(v) {
@@ -56,8 +56,10 @@
     if (sec % 60 === 0) return `${sec / 60} min`;
     return `${Math.round(sec)} s`;
   }
+  // Server time now: the browser's clock corrected by the last summary's generated_at_ms.
+  let skewMs = 0;
   function fmtAgo(unixMs) {
-    const sec = Math.max(0, (Date.now() - unixMs) / 1000);
+    const sec = Math.max(0, (Date.now() + skewMs - unixMs) / 1000);
     if (sec < 60) return `${Math.floor(sec)} s ago`;
     if (sec < 3600) return `${Math.floor(sec / 60)} min ago`;
     return `${Math.floor(sec / 3600)} h ago`;
@@ -92,18 +94,20 @@
   }
   const byReason = (a, b) => REASONS.indexOf(a) - REASONS.indexOf(b);
 
-  // --- state -------------------------------------------------------------------------------
+  // --- state
 
   const S = {
     summary: null,
     summarySig: '',
     sort: { key: 'requests', dir: -1 },
     expanded: new Set(),
+    charts: new Map(), // expanded row key -> {sig, svg}
     services: new Map(), // service -> {root, head, tbody, wrap}
     traces: [],
     tracesSig: '',
     selected: null, // trace id
     selectedTrace: null, // its last known content, kept when it leaves the list
+    autoSelected: false,
     detailSig: '',
     filter: 'all',
     pipesSig: '',
@@ -113,21 +117,21 @@
   };
   const rowKey = (service, route) => `${service}\u241f${route}`;
 
-  // --- routes ------------------------------------------------------------------------------
+  // --- routes
 
   const q = (obj, k) => (obj ? obj[k] : null);
   const COLS = [
     { key: 'route', label: 'Route', get: (r) => r.route, text: true },
     { key: 'requests', label: 'Requests', get: (r) => r.requests, fmt: fmtInt },
-    { key: 'cold_rate', label: 'Cold', get: (r) => r.cold_rate, fmt: fmtRate },
+    { key: 'cold_rate', label: 'Cold rate', get: (r) => r.cold_rate, fmt: fmtRate },
     { key: 'errors', label: 'Errors', get: (r) => r.errors, fmt: fmtInt },
-    { key: 'warm_p50', group: 'warm', label: 'p50', get: (r) => q(r.warm, 'p50') },
+    { key: 'warm_p50', group: 'warm', label: 'p50', get: (r) => q(r.warm, 'p50'), sep: 1 },
     { key: 'warm_p95', group: 'warm', label: 'p95', get: (r) => q(r.warm, 'p95'), tail: 1 },
     { key: 'warm_p99', group: 'warm', label: 'p99', get: (r) => q(r.warm, 'p99'), tail: 2 },
-    { key: 'cold_p50', group: 'cold', label: 'p50', get: (r) => q(r.cold_latency, 'p50') },
+    { key: 'cold_p50', group: 'cold', label: 'p50', get: (r) => q(r.cold_latency, 'p50'), sep: 1 },
     { key: 'cold_p95', group: 'cold', label: 'p95', get: (r) => q(r.cold_latency, 'p95'), tail: 1 },
     { key: 'cold_p99', group: 'cold', label: 'p99', get: (r) => q(r.cold_latency, 'p99'), tail: 2 },
-    { key: 'init_p50', group: 'init', label: 'p50', get: (r) => q(r.init_ms, 'p50') },
+    { key: 'init_p50', group: 'init', label: 'p50', get: (r) => q(r.init_ms, 'p50'), sep: 1 },
     { key: 'init_max', group: 'init', label: 'max', get: (r) => q(r.init_ms, 'max') },
   ];
   const GROUPS = { warm: 'Warm latency (ms)', cold: 'Cold-start latency (ms)', init: 'Init (ms)' };
@@ -145,7 +149,7 @@
     const sub = h('tr', { class: 'sub' });
     const seen = new Set();
     for (const col of COLS) {
-      const cls = `${col.text ? 'left' : 'num'} ${col.group ? `g-${col.group}` : ''}`;
+      const cls = `${col.text ? 'left' : 'num'} ${col.group ? `g-${col.group}` : ''}${col.sep ? ' sep' : ''}`;
       if (!col.group) {
         top.append(h('th', { scope: 'col', rowspan: 2, class: cls, 'data-col': col.key }, sortButton(col)));
         continue;
@@ -153,7 +157,7 @@
       if (!seen.has(col.group)) {
         seen.add(col.group);
         const span = COLS.filter((c) => c.group === col.group).length;
-        top.append(h('th', { scope: 'colgroup', colspan: span, class: `group g-${col.group}` }, GROUPS[col.group]));
+        top.append(h('th', { scope: 'colgroup', colspan: span, class: `group sep g-${col.group}` }, GROUPS[col.group]));
       }
       sub.append(h('th', { scope: 'col', class: cls, 'data-col': col.key }, sortButton(col)));
     }
@@ -192,7 +196,7 @@
     const cells = [
       h('th', { scope: 'row', class: 'left route' },
         h('button', {
-          class: 'expand', type: 'button', 'aria-expanded': String(open), 'aria-controls': id,
+          class: 'expand', type: 'button', 'aria-expanded': String(open), 'aria-controls': open ? id : null,
           'data-focus': `row:${key}`, title: open ? 'Hide latency histogram' : 'Show latency histogram',
         }, h('span', { class: 'chev', 'aria-hidden': 'true' }), h('span', { class: 'rname' }, r.route))),
     ];
@@ -200,6 +204,7 @@
       const v = col.get(r);
       const cls = ['num'];
       if (col.group) cls.push(`g-${col.group}`);
+      if (col.sep) cls.push('sep');
       if (col.tail) cls.push(`tail${col.tail}`);
       if (v == null) cls.push('nil');
       let content;
@@ -219,7 +224,7 @@
     return h('tr', {
       class: `route-row${open ? ' open' : ''}`, 'data-route': r.route, 'data-service': service,
       onclick: (e) => {
-        if (e.target.closest('a, .detail') || getSelection().toString()) return;
+        if (getSelection().toString()) return; // selecting text is not a click
         toggleRow(key);
       },
     }, cells);
@@ -232,6 +237,7 @@
   }
 
   function toggleRow(key) {
+    S.charts.delete(key);
     if (S.expanded.has(key)) S.expanded.delete(key);
     else S.expanded.add(key);
     renderRoutes(true);
@@ -239,13 +245,19 @@
 
   function detailRow(service, r, wrap) {
     const key = rowKey(service, r.route);
-    const holder = h('div', { class: 'chart', 'data-chart-holder': '' });
+    const holder = h('div', { class: 'chart' });
     const inner = h('div', { class: 'detail-in' }, holder, routeFacts(r));
     const tr = h('tr', { class: 'detail', id: `d-${hash(key)}`, 'data-detail-for': r.route, 'data-detail-service': service },
       h('td', { colspan: COLS.length }, inner));
     tr._draw = () => {
       inner.style.width = `${Math.max(280, wrap.clientWidth - 2)}px`;
-      holder.replaceChildren(histogram(r, Math.max(260, holder.clientWidth)));
+      const width = Math.max(260, holder.clientWidth);
+      // Reuse an unchanged chart so a hovered bar keeps its tooltip across updates.
+      const sig = JSON.stringify([r.histogram, r.all, r.requests, r.cold, width]);
+      const old = S.charts.get(key);
+      const svg = old && old.sig === sig ? old.svg : histogram(r, width);
+      S.charts.set(key, { sig, svg });
+      holder.replaceChildren(svg);
     };
     return tr;
   }
@@ -362,7 +374,7 @@
     sv.wrap.scrollLeft = left;
   }
 
-  // --- histogram ---------------------------------------------------------------------------
+  // --- histogram
 
   function histogram(r, W) {
     const hist = r.histogram || { bounds_ms: [], warm: [], cold: [] };
@@ -371,8 +383,8 @@
     const warm = hist.warm || [];
     const cold = hist.cold || [];
     const total = (i) => (warm[i] || 0) + (cold[i] || 0);
-    const H = 232;
-    const M = { t: 40, r: 14, b: 36, l: 44 };
+    const H = 244;
+    const M = { t: 52, r: 14, b: 36, l: 44 };
     const label = `Latency histogram of ${r.route}: ${r.requests} requests, ${r.cold} cold starts`;
     const svg = s('svg', {
       width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label':
@@ -436,7 +448,8 @@
     const grid = s('g', { class: 'grid' });
     for (const v of ticks) {
       grid.append(s('line', { x1: M.l, x2: W - M.r, y1: y(v), y2: y(v) }));
-      grid.append(s('text', { class: 'ylab', x: M.l - 6, y: y(v) + 4, 'text-anchor': 'end' }, v));
+      grid.append(s('text', { class: 'ylab', x: M.l - 6, y: y(v) + 4, 'text-anchor': 'end' },
+        v >= 10000 ? `${+(v / 1000).toPrecision(3)}k` : v));
     }
     svg.append(grid);
 
@@ -479,51 +492,55 @@
     ax.append(s('text', { class: 'atitle', x: M.l, y: H - 3 }, 'requests per bucket (√ scale)'));
     svg.append(ax);
 
-    // p95 / p99 marks, labels stacked when close
-    let lastLabel = -Infinity;
-    let row = 0;
+    // p95 / p99 marks: p95 labelled left of its line, p99 right of it, on a second row if
+    // the two labels would overlap or run off the chart.
+    let taken = null;
     for (const [name, v] of marks) {
       const px = x(v);
       const text = `${name} ${fmtDur(v)}`;
       const tw = text.length * 6.6;
-      row = px - lastLabel < tw + 8 ? row + 1 : 0;
-      const ty = M.t - 4 + row * 14;
-      const right = px + 4 + tw > W - M.r;
+      let left = name === 'p95' ? px - 4 - tw >= M.l : px + 4 + tw > W - M.r;
+      if (!left && px + 4 + tw > W - M.r) left = true;
+      if (left && px - 4 - tw < M.l) left = false;
+      const box = left ? [px - 4 - tw, px - 4] : [px + 4, px + 4 + tw];
+      const row = taken && box[0] < taken[1] + 6 && box[1] > taken[0] - 6 ? 1 : 0;
+      taken = box;
+      const ty = 34 + row * 13;
       svg.append(s('g', { class: `markg ${name}` },
-        s('line', { class: `mark ${name}`, x1: px, x2: px, y1: ty + 3, y2: y(0) }),
-        s('text', { x: right ? px - 4 : px + 4, y: ty, 'text-anchor': right ? 'end' : 'start' }, text)));
-      lastLabel = right ? px - tw : px;
+        s('line', { class: `mark ${name}`, x1: px, x2: px, y1: ty - 9, y2: y(0) }),
+        s('text', { x: left ? px - 4 : px + 4, y: ty, 'text-anchor': left ? 'end' : 'start' }, text)));
     }
     return svg;
   }
 
-  // --- summary -----------------------------------------------------------------------------
+  // --- summary
 
   function onSummary(sum) {
     if (!sum || !Array.isArray(sum.services)) return;
     S.summary = sum;
+    if (sum.generated_at_ms) skewMs = sum.generated_at_ms - Date.now();
     const hasRoutes = sum.services.some((x) => x.routes && x.routes.length);
     const win = fmtWindow(sum.window_s);
     $('window').replaceChildren(
-      win ? h('span', null, 'last ', h('strong', null, win)) : '',
-      sum.generated_at_ms ? h('span', { class: 'muted' }, ` · ${fmtClock(sum.generated_at_ms)}`) : '');
+      win ? h('span', null, 'Window: last ', h('strong', null, win)) : '',
+      sum.generated_at_ms ? ` · updated ${fmtClock(sum.generated_at_ms)}` : '');
     const notes = [];
     if (sum.routes_dropped) notes.push(`${fmtCount(sum.routes_dropped)} routes forgotten to stay within the route bound.`);
     notes.push('Select a route for its latency histogram; click a header to sort.');
     $('routes-note').textContent = notes.join(' ');
-    const emptyText = $('empty-text');
-    emptyText.classList.toggle('idle', hasRoutes === false && document.body.dataset.state === 'live');
     $('empty-h').textContent = document.body.dataset.state === 'live'
       ? `No requests in the last ${win || 'window'}` : 'Waiting for spans';
+    // `recording` (when sent) tells whether any pipeline feeds this page at all.
     const warn = sum.recording === false;
     $('empty').classList.toggle('warn', warn);
+    $('empty-warn').hidden = !warn;
     $('empty').hidden = hasRoutes;
     $('routes').hidden = !hasRoutes;
     renderRoutes(false);
     if (hasRoutes) document.body.dataset.state = 'live';
   }
 
-  // --- traces ------------------------------------------------------------------------------
+  // --- traces
 
   function onTraces(data) {
     const traces = (data && Array.isArray(data.traces)) ? data.traces : [];
@@ -558,6 +575,7 @@
     S.tracesSig = sig;
     renderFilters();
     const top = list.scrollTop;
+    $('traces').classList.toggle('none', !S.traces.length);
     keepFocus(() => {
       if (!shown.length) {
         list.replaceChildren(h('li', { class: 'none muted' }, S.traces.length
@@ -652,7 +670,7 @@
     const box = $('trace-detail');
     const t = S.selectedTrace;
     const inList = t && S.traces.some((x) => x.trace_id === t.trace_id);
-    const sig = t ? JSON.stringify([t.trace_id, t.spans.length, t.duration_ms, t.reasons, inList, box.clientWidth]) : '';
+    const sig = t ? JSON.stringify([t.trace_id, (t.spans || []).length, t.duration_ms, t.reasons, inList, box.clientWidth]) : '';
     if (!force && sig === S.detailSig) return;
     S.detailSig = sig;
     if (!t) {
@@ -696,11 +714,11 @@
     holder.append(waterfall(t, spans, self, slow, Math.max(300, holder.clientWidth)));
   }
 
-  // --- waterfall ---------------------------------------------------------------------------
+  // --- waterfall
 
   function waterfall(t, spans, self, slow, W) {
     const rows = spanTree(spans);
-    const RH = 24;
+    const RH = rows.length > 60 ? 19 : 24;
     const top = 26;
     const H = top + rows.length * RH + 6;
     const LW = Math.round(Math.min(300, Math.max(120, W * 0.34)));
@@ -722,7 +740,7 @@
     for (let v = 0; v <= end + 1e-9; v += step) {
       ax.append(s('line', { class: 'gl', x1: x(v), x2: x(v), y1: top - 4, y2: H }));
       const anchor = x(v) + 30 > W ? 'end' : v === 0 ? 'start' : 'middle';
-      ax.append(s('text', { x: x(v), y: top - 9, 'text-anchor': anchor }, v === 0 ? '0' : fmtDur(v)));
+      ax.append(s('text', { x: x(v), y: top - 9, 'text-anchor': anchor }, v === 0 ? '0' : fmtAxis(v) + (v < 1000 ? ' ms' : '')));
     }
     svg.append(ax);
 
@@ -772,7 +790,7 @@
     return svg;
   }
 
-  // --- pipelines ---------------------------------------------------------------------------
+  // --- pipelines
 
   const COUNTERS = {
     receiver: [['accepted', ''], ['refused', 'bad']],
@@ -822,7 +840,7 @@
         h('td', { class: 'left' }, h('span', { class: `kind ${c.kind}` }, c.kind)),
         h('th', { scope: 'row', class: 'left cid' }, c.id),
         h('td', { class: 'left muted' }, c.signal || c.pipeline || ''),
-        h('td', { class: 'left ctrs' }, counters),
+        h('td', { class: 'left' }, h('div', { class: 'ctrs' }, counters)),
         h('td', { class: 'left' }, queue));
     });
     $('components-wrap').replaceChildren(comps.length ? h('table', { class: 'comps' },
@@ -832,7 +850,7 @@
       h('tbody', null, rows)) : '');
   }
 
-  // --- connection --------------------------------------------------------------------------
+  // --- connection
 
   function setConn() {
     const now = Date.now();
@@ -907,17 +925,23 @@
     setTimeout(poll, POLL_MS);
   }
 
+  // Charts are drawn to the pixel width of their box: redraw when the page's width changes
+  // (window resized, rotated, or a scrollbar appeared).
+  let lastWidth = 0;
   let resizeTimer = 0;
-  let lastWidth = window.innerWidth;
-  window.addEventListener('resize', () => {
+  new ResizeObserver((entries) => {
+    const width = Math.round(entries[0].contentRect.width);
+    if (width === lastWidth) return;
+    const first = !lastWidth;
+    lastWidth = width;
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => {
-      if (window.innerWidth === lastWidth) return;
-      lastWidth = window.innerWidth;
-      renderRoutes(true);
-      renderTraceDetail(true);
-    }, 150);
-  });
+    if (!first) {
+      resizeTimer = setTimeout(() => {
+        renderRoutes(true);
+        renderTraceDetail(true);
+      }, 100);
+    }
+  }).observe(document.querySelector('main'));
   setInterval(() => {
     updateAgo();
     setConn();
