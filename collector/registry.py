@@ -21,6 +21,7 @@ _COMPONENTS = [
     (Kind.RECEIVER, ("hostmetrics", "host_metrics"), "collector.receivers.hostmetrics"),
     (Kind.RECEIVER, ("prometheus",), "collector.receivers.prometheus"),
     (Kind.RECEIVER, ("jaeger",), "collector.receivers.jaeger"),
+    (Kind.RECEIVER, ("nats",), "collector.receivers.nats"),
     (Kind.RECEIVER, ("httpcheck", "http_check"), "collector.receivers.httpcheck"),
     (Kind.RECEIVER, ("filelog", "file_log"), "collector.receivers.filelog"),
     (
@@ -52,6 +53,7 @@ _COMPONENTS = [
     (Kind.EXPORTER, ("debug",), "collector.exporters.debug"),
     (Kind.EXPORTER, ("file",), "collector.exporters.file"),
     (Kind.EXPORTER, ("logging",), "collector.exporters.logging_exporter"),
+    (Kind.EXPORTER, ("nats",), "collector.exporters.nats"),
     (Kind.EXPORTER, ("otlp", "otlp_grpc"), "collector.exporters.otlp"),
     (Kind.EXPORTER, ("otlphttp", "otlp_http"), "collector.exporters.otlphttp"),
     (Kind.EXPORTER, ("prometheus",), "collector.exporters.prometheus"),

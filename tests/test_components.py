@@ -14,6 +14,7 @@ from collector.registry import registry
 from emulator.ecs_metadata import EcsMetadataServer, EcsTask
 from tests.support.builders import make_logs, make_metrics, make_traces
 from tests.support.components import StaticHost, make_settings
+from tests.support.nats_cluster import NatsServer
 from tests.support.sinks import SinkConsumer
 
 SAMPLES = yaml.safe_load(
@@ -61,9 +62,19 @@ async def ecs_task(monkeypatch):
         yield
 
 
+@pytest.fixture
+def nats(request):
+    """A NATS JetStream server's URL, started only for the nats components' samples."""
+    if request.node.callspec.params["factory"].type != "nats":
+        yield "nats://127.0.0.1:1"
+        return
+    with NatsServer() as server:
+        yield server.url
+
+
 @pytest.mark.parametrize("factory", all_factories())
 async def test_create_start_consume_shutdown(
-    factory: Factory, tmp_path, backend, remote_write, moto_server, aws_credentials, ecs_task
+    factory: Factory, tmp_path, backend, remote_write, moto_server, aws_credentials, ecs_task, nats
 ):
     config = sample_config(
         factory,
@@ -72,6 +83,7 @@ async def test_create_start_consume_shutdown(
         http=backend.http_endpoint,
         remote_write=remote_write,
         xray=moto_server,
+        nats=nats,
     )
     settings = make_settings(factory.kind, factory.type)
     host = StaticHost()
@@ -120,6 +132,7 @@ async def test_shutdown_without_start_is_safe(factory: Factory, tmp_path):
         grpc="127.0.0.1:1",
         http="http://127.0.0.1:1",
         remote_write="http://127.0.0.1:1/api/v1/write",
+        nats="nats://127.0.0.1:1",
     )
     settings = make_settings(factory.kind, factory.type)
     signal = next(iter(factory.signals), Signal.TRACES)
