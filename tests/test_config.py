@@ -90,7 +90,10 @@ def test_valid_config_resolves_ids_aliases_and_named_pipelines():
     assert config.shutdown_timeout == 3.0
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "sidecar.yaml", "lambda-extension.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["default.yaml", "sidecar.yaml", "lambda-extension.yaml", "agent-nats.yaml", "gateway.yaml"],
+)
 def test_shipped_configs_are_valid_without_warnings(name):
     raw = load([str(Path(__file__).parents[1] / "config" / name)], env={})
     assert validate(raw, registry()).warnings == []

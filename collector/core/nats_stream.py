@@ -22,7 +22,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.pdata import LEVELS, new_batch, resources, signal_of
@@ -41,14 +41,14 @@ class NatsStreamConfig(ComponentConfig):
     """The NATS server, the JetStream stream and the subjects agents and gateways share."""
 
     url: str | list[str] = "nats://127.0.0.1:4222"
-    """The NATS server, `nats://host:port`, or a list of a cluster's servers (default
-    nats://127.0.0.1:4222). The client reconnects to any of them, and to servers the cluster
-    announces."""
+    """The NATS server, `nats://host:port`, or a cluster's servers as a list or comma separated
+    (default nats://127.0.0.1:4222). The client reconnects to any of them, and to servers the
+    cluster announces."""
     user: str = ""
     """User name, with `password` (default empty: none)."""
-    password: str = ""
+    password: SecretStr = SecretStr("")
     """Password of `user` (default empty: none)."""
-    token: str = ""
+    token: SecretStr = SecretStr("")
     """Authentication token (default empty: none)."""
     connect_timeout: Duration = Field(2.0, gt=0)
     """Time limit of one connection attempt to one server (default 2s)."""
@@ -107,8 +107,9 @@ class NatsStreamConfig(ComponentConfig):
 
     @property
     def servers(self) -> list[str]:
-        urls = [self.url] if isinstance(self.url, str) else self.url
-        return [u.strip() if "://" in u else f"nats://{u.strip()}" for u in urls]
+        # A string may list several, comma separated, as an environment variable would.
+        urls = self.url.split(",") if isinstance(self.url, str) else self.url
+        return [u.strip() if "://" in u else f"nats://{u.strip()}" for u in urls if u.strip()]
 
 
 # --- subjects and partitions ---------------------------------------------------------------
@@ -214,9 +215,9 @@ def connect_options(cfg: NatsStreamConfig, name: str, log) -> dict[str, Any]:
         _client=client,
     )
     if cfg.user:
-        options.update(user=cfg.user, password=cfg.password)
-    if cfg.token:
-        options["token"] = cfg.token
+        options.update(user=cfg.user, password=cfg.password.get_secret_value())
+    if cfg.token.get_secret_value():
+        options["token"] = cfg.token.get_secret_value()
     return options
 
 

@@ -28,9 +28,18 @@ class Config(NatsStreamConfig):
     """This gateway's name in the group (default empty: the host name). Letters, digits, `-`,
     `_` and `=`; unique in the group."""
     members: list[str] = Field(default_factory=list)
-    """Every gateway of the group, `member` included (default empty: this one alone). Each
+    """Every gateway of the group, `member` included, as a list or comma-separated, like
+    `${env:COLDTAIL_GATEWAYS}` = `gw-1,gw-2,gw-3` (default empty: this one alone). Each
     partition belongs to the member ranked first for it by rendezvous hashing among those
     alive, so partitions move only when a member leaves or comes back."""
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
     lease_ttl: Duration = Field(10.0, ge=0.5)
     """How long a partition's lease lasts without renewal (default 10s). A member renews its
     leases three times per `lease_ttl`; one that has not for two thirds of it stops consuming,
