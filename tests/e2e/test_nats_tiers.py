@@ -2,8 +2,9 @@
 storage): 2 agent and 3 gateway coldtail processes, a bounded generator sending traces with
 known span counts, each trace's spans split over both agents. Every trace is decided (tail
 sampling) by exactly one gateway, the one owning its partition, and nothing is lost when a
-gateway is killed mid-run: its partitions move to the survivors, which replay what it had
-not acknowledged."""
+gateway is killed mid-run (its partitions move to the survivors, which replay what it had
+not acknowledged) nor when the stream's leader node is (publishes are retried with their ids
+on the new leader)."""
 
 from __future__ import annotations
 
@@ -242,6 +243,21 @@ def test_gateways_decide_each_trace_once_and_lose_nothing_when_one_is_killed(tmp
                 f"{outputs.exported} spans ({outputs.exported - sent_spans} again after the "
                 "kill)"
             )
+
+            # Chaos: the stream's leader node killed while traces keep coming; the agents'
+            # publishes are retried with their ids on the new leader, which stores them once.
+            before = set(generator.sent)
+            leader = cluster.stream_leader("COLDTAIL")
+            sender = threading.Thread(target=lambda: [generator.wave(20) for _ in range(10)])
+            sender.start()
+            time.sleep(1.0)
+            leader.kill()
+            sender.join(30)
+            outputs = wait_for_all(outs, generator, timeout=60)
+            assert sum(len(s) for s in outputs.union().values()) == generator.spans(generator.sent)
+            for trace_id in set(generator.sent) - before:
+                assert len(outputs.holders(trace_id, survivors)) == 1
+            print(f"stream leader {leader.name} killed: nothing lost")
         finally:
             for process in processes.values():
                 process.kill()

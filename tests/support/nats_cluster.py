@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import shutil
 import signal
 import subprocess
@@ -188,12 +189,23 @@ class NatsCluster:
         for node in self.nodes:
             node.cleanup()
 
+    def stream_leader(self, stream: str) -> NatsServer:
+        """The node leading `stream`'s replicas, from a live node's monitoring endpoint."""
+        for node in self.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            url = f"http://127.0.0.1:{node.monitor_port}/jsz?streams=true"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                report = json.load(response)
+            for account in report.get("account_details", []):
+                for detail in account.get("stream_detail", []):
+                    if detail["name"] == stream:
+                        leader = detail["cluster"]["leader"]
+                        return next(n for n in self.nodes if n.name == leader)
+        raise LookupError(f"no live node knows stream {stream}")
+
     def __enter__(self) -> NatsCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
-
-
-# A collector whose registry knows the nats exporter and receiver, whether or not the built-in
-# registry lists them yet.
