@@ -52,6 +52,7 @@ _COMPONENTS = [
     (Kind.EXPORTER, ("coldtail_ui",), "collector.exporters.coldtail_ui"),
     (Kind.EXPORTER, ("debug",), "collector.exporters.debug"),
     (Kind.EXPORTER, ("file",), "collector.exporters.file"),
+    (Kind.EXPORTER, ("loadbalancing", "load_balancing"), "collector.exporters.loadbalancing"),
     (Kind.EXPORTER, ("logging",), "collector.exporters.logging_exporter"),
     (Kind.EXPORTER, ("nats",), "collector.exporters.nats"),
     (Kind.EXPORTER, ("otlp", "otlp_grpc"), "collector.exporters.otlp"),

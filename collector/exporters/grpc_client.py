@@ -25,6 +25,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+
+from collector.core.consumer import ConsumerError, PermanentError, RetryableError
 
 # Our receive windows: a response is small, but a large one should not stall on updates.
 _WINDOW = 4 << 20
@@ -381,3 +385,44 @@ def _metadata(trailers: dict[str, str]) -> tuple[tuple[str, str | bytes], ...]:
         else:
             pairs.append((key, value))
     return tuple(pairs)
+
+
+# gRPC codes the OTel Collector retries (as its otlp exporter does).
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def _retry_delay(metadata) -> float | None:
+    """The RetryInfo delay (seconds) in a gRPC status's details, or None."""
+    for key, value in metadata or ():
+        if key != "grpc-status-details-bin":
+            continue
+        status = status_pb2.Status()
+        try:
+            status.ParseFromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+def classify(error: GrpcCallError) -> ConsumerError:
+    """The pipeline error for a failed gRPC call."""
+    code = error.code
+    delay = _retry_delay(error.metadata)
+    message = f"gRPC status {code.name}: {error.details}"
+    if code in _RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
+        return RetryableError(message, retry_after=delay)
+    return PermanentError(message)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 from pydantic import Field, field_validator
 
 from collector.core.auth import (
@@ -22,10 +19,9 @@ from collector.core.auth import (
 )
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig
-from collector.core.consumer import ConsumerError, PermanentError, RetryableError
 from collector.core.pdata import GRPC_SERVICES, RESPONSE_TYPES, Encoded
 from collector.core.signals import Signal
-from collector.exporters.grpc_client import GrpcCallError, GrpcChannel
+from collector.exporters.grpc_client import GrpcCallError, GrpcChannel, classify
 from collector.exporters.sender import (
     Exporter,
     SenderConfig,
@@ -33,16 +29,6 @@ from collector.exporters.sender import (
     check_partial_success,
 )
 
-_RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
 _SCHEMES = ("http://", "https://")
 
 
@@ -99,34 +85,6 @@ def _strip_scheme(endpoint: str) -> str:
         if endpoint.startswith(scheme):
             return endpoint.removeprefix(scheme)
     return endpoint
-
-
-def _retry_delay(metadata) -> float | None:
-    """The RetryInfo delay (seconds) in a gRPC status's details, or None."""
-    for key, value in metadata or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status()
-        try:
-            status.ParseFromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return info.retry_delay.ToNanoseconds() / 1e9
-    return None
-
-
-def classify(error: GrpcCallError) -> ConsumerError:
-    """The pipeline error for a failed gRPC call."""
-    code = error.code
-    delay = _retry_delay(error.metadata)
-    message = f"gRPC status {code.name}: {error.details}"
-    if code in _RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
-        return RetryableError(message, retry_after=delay)
-    return PermanentError(message)
 
 
 class OTLPExporter(Exporter[Config]):
