@@ -14,6 +14,7 @@ from collector.registry import registry
 from emulator.ecs_metadata import EcsMetadataServer, EcsTask
 from tests.support.builders import make_logs, make_metrics, make_traces
 from tests.support.components import StaticHost, make_settings
+from tests.support.kafka_cluster import MockCluster
 from tests.support.nats_cluster import NatsServer
 from tests.support.sinks import SinkConsumer
 
@@ -72,9 +73,27 @@ def nats(request):
         yield server.url
 
 
+@pytest.fixture
+def kafka(request):
+    """librdkafka's mock Kafka cluster's bootstrap address, only for the kafka samples."""
+    if request.node.callspec.params["factory"].type != "kafka":
+        yield "127.0.0.1:1"
+        return
+    with MockCluster() as cluster:
+        yield cluster.bootstrap
+
+
 @pytest.mark.parametrize("factory", all_factories())
 async def test_create_start_consume_shutdown(
-    factory: Factory, tmp_path, backend, remote_write, moto_server, aws_credentials, ecs_task, nats
+    factory: Factory,
+    tmp_path,
+    backend,
+    remote_write,
+    moto_server,
+    aws_credentials,
+    ecs_task,
+    nats,
+    kafka,
 ):
     config = sample_config(
         factory,
@@ -84,6 +103,7 @@ async def test_create_start_consume_shutdown(
         remote_write=remote_write,
         xray=moto_server,
         nats=nats,
+        kafka=kafka,
     )
     settings = make_settings(factory.kind, factory.type)
     host = StaticHost()
@@ -133,6 +153,7 @@ async def test_shutdown_without_start_is_safe(factory: Factory, tmp_path):
         http="http://127.0.0.1:1",
         remote_write="http://127.0.0.1:1/api/v1/write",
         nats="nats://127.0.0.1:1",
+        kafka="127.0.0.1:1",
     )
     settings = make_settings(factory.kind, factory.type)
     signal = next(iter(factory.signals), Signal.TRACES)
