@@ -3,16 +3,27 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+# Quiet installs: setuptools prints a banner on every editable install, as a Python warning.
+PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: install test-servers lambda-runtimes run test lint fmt bench soak fuzz layer clean
 
+# Everything, the dev extras included (tests, lint), for `make test` and the other targets.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP) $(RUN_STAMP)
+
+# What running needs only, editable so that `make run` runs the tree as it is.
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing coldtail into $(VENV)"
+	@$(PIP) install --quiet -e .
+	@touch $(RUN_STAMP)
 
 # Real servers the tests run against. Their tests skip, saying why, where they cannot install.
 test-servers:
@@ -40,7 +51,7 @@ lambda-runtimes:
 		fi; \
 	done
 
-run: install
+run: $(RUN_STAMP)
 	$(BIN)/coldtail run --config config/default.yaml
 
 lint: install

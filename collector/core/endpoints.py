@@ -4,6 +4,8 @@ before its init is over."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,86 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 def with_port(endpoint: str, port: int) -> str:
     """`endpoint` with its port replaced: the address a listener bound to port 0 really has."""
     return f"{endpoint.rpartition(':')[0]}:{port}"
+
+
+_REASONS = {
+    errno.EADDRINUSE: "address in use",
+    errno.EACCES: "permission denied",
+    errno.EADDRNOTAVAIL: "address not available on this machine",
+}
+
+
+def listen_reason(error: OSError) -> str:
+    """Why a bind failed, in a few words."""
+    known = _REASONS.get(error.errno or 0)
+    return known or (error.strerror or str(error)).lower()
+
+
+class ListenError(OSError):
+    """A listener could not bind its endpoint. `endpoint` is the host:port as configured,
+    `reason` says why in a few words; `key` is the config key of the endpoint within its
+    component (`protocols::grpc::endpoint`), when the listener knows it."""
+
+    def __init__(
+        self, endpoint: str, error: OSError, transport: str = "tcp", key: str | None = None
+    ) -> None:
+        super().__init__(error.errno, error.strerror or str(error))
+        self.endpoint, self.transport, self.key = endpoint, transport, key
+        self.reason = listen_reason(error)
+
+    @property
+    def address(self) -> str:
+        """The endpoint as said to users: `udp ` before a UDP one."""
+        return f"udp {self.endpoint}" if self.transport == "udp" else self.endpoint
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.address}: {self.reason}"
+
+
+def _bind_test(endpoint: str, kind: socket.SocketKind) -> None:
+    """Bind and close a socket on every address `endpoint` resolves to, as a server would
+    (SO_REUSEADDR, so connections in TIME_WAIT do not count). OSError when one fails."""
+    host, port = split_endpoint(endpoint)
+    for family, type_, proto, _, address in socket.getaddrinfo(
+        host, port, type=kind, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, type_, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(address)
+
+
+def check_free(endpoint: str, key: str | None = None) -> None:
+    """ListenError when a TCP server could not listen on `endpoint` now. For servers whose own
+    failure is noisy (gRPC logs it from its C core): a plain socket tries first. A host that
+    does not resolve is left to the server to report."""
+    try:
+        _bind_test(endpoint, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return
+    except OSError as e:
+        raise ListenError(endpoint, e, key=key) from None
+
+
+def suggest_endpoint(endpoint: str, transport: str = "tcp", reason: str = "") -> str:
+    """An endpoint to use instead of `endpoint`, free right now: the port plus 10000 when that
+    is free, else one the system picks; loopback when the host is not on this machine."""
+    host, _, port_text = endpoint.rpartition(":")
+    port = int(port_text)
+    if reason == _REASONS[errno.EADDRNOTAVAIL]:
+        return f"127.0.0.1:{port}"
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    if port + 10000 <= 65535:
+        candidate = with_port(endpoint, port + 10000)
+        try:
+            _bind_test(candidate, kind)
+            return candidate
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"{host or '127.0.0.1'}:{s.getsockname()[1]}"
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -42,7 +124,7 @@ async def listen_udp(
             lambda: _Datagrams(on_datagram), local_addr=(hostname, port)
         )
     except OSError as e:
-        raise OSError(f"cannot listen on udp {endpoint}: {e.strerror}") from None
+        raise ListenError(endpoint, e, transport="udp") from None
     return transport, f"{hostname}:{transport.get_extra_info('sockname')[1]}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from collector.core.endpoints import bound_port, split_endpoint
+from collector.core.endpoints import ListenError, bound_port, split_endpoint
 from collector.core.tls import ServerTLS, TLSServerConfig
 
 
@@ -29,8 +29,8 @@ class HttpServer:
         self._tls: ServerTLS | None = None
 
     async def start(self) -> str:
-        """The bound endpoint. OSError (port taken) or ValueError (unreadable certificates)
-        with nothing left listening."""
+        """The bound endpoint. ListenError (port taken), OSError or ValueError (unreadable
+        certificates) with nothing left listening."""
         self._runner = web.AppRunner(
             self.app, access_log=None, auto_decompress=self._auto_decompress
         )
@@ -41,10 +41,14 @@ class HttpServer:
             site = web.TCPSite(
                 self._runner, address, port, ssl_context=ServerTLS.context_of(self._tls)
             )
-            await site.start()
         except (OSError, ValueError):
             await self.stop()
             raise
+        try:
+            await site.start()
+        except OSError as e:
+            await self.stop()
+            raise ListenError(self.endpoint, e) from None
         bound = bound_port(site)
         self.endpoint = f"[{address}]:{bound}" if ":" in address else f"{address}:{bound}"
         return self.endpoint

@@ -7,6 +7,7 @@ Telemetry owns its registry, so several services can run in one process (tests).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import disable_created_metrics as _disable_created_metrics
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
-from collector.core.endpoints import bound_port, split_endpoint
+from collector.core.endpoints import ListenError, bound_port, split_endpoint
 from collector.core.signals import ITEM_NAMES, Signal
 
 _disable_created_metrics()
@@ -207,7 +208,11 @@ class MetricsServer:
         await self._runner.setup()
         host, port = split_endpoint(self.address)
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await self.shutdown()
+            raise ListenError(self.address, e) from None
         self.port = bound_port(site)
         log.info("own metrics served", extra={"kv": {"endpoint": f"{host}:{self.port}/metrics"}})
 
@@ -217,15 +222,66 @@ class MetricsServer:
             self._runner = None
 
 
+def coldtail_version() -> str:
+    """The installed coldtail's version ("unknown" in a source tree that is not installed)."""
+    try:
+        return importlib.metadata.version("coldtail")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# (below this many nanoseconds, round to this many), for go_duration
+_ROUNDING = ((10**6, 1), (10**9, 10**3), (60 * 10**9, 10**6), (3600 * 10**9, 10**8))
+
+
+def go_duration(seconds: float) -> str:
+    """A measured duration as the Collector (Go) prints one: `1h2m3s`, `34m52.3s`, `5.078s`,
+    `12.5ms`; rounded to what a reader needs: microseconds under a second, milliseconds under
+    a minute, tenths of a second under an hour, seconds beyond (nanoseconds under a
+    millisecond)."""
+    ns = round(abs(seconds) * 1e9)
+    unit = next((unit for limit, unit in _ROUNDING if ns < limit), 10**9)
+    ns = (ns + unit // 2) // unit * unit  # half away from zero, as Go's Duration.Round
+    sign = "-" if seconds < 0 and ns else ""
+    if ns < 10**3:
+        return f"{sign}{ns}ns" if ns else "0s"
+    if ns < 10**6:
+        return f"{sign}{_decimal(ns, 10**3)}µs"
+    if ns < 10**9:
+        return f"{sign}{_decimal(ns, 10**6)}ms"
+    hours, rest = divmod(ns, 3600 * 10**9)
+    minutes, rest = divmod(rest, 60 * 10**9)
+    text = f"{hours}h{minutes}m" if hours else f"{minutes}m" if minutes else ""
+    return f"{sign}{text}{_decimal(rest, 10**9)}s"
+
+
+def _decimal(n: int, unit: int) -> str:
+    """`n / unit` with the fraction's trailing zeros trimmed: 5078 / 1000 is 5.078."""
+    whole, part = divmod(n, unit)
+    fraction = f"{part:0{len(str(unit)) - 1}d}".rstrip("0")
+    return f"{whole}.{fraction}" if fraction else str(whole)
+
+
 # --- logs -----------------------------------------------------------------------------------
 
 
+def _level(record: logging.LogRecord) -> str:
+    # The Collector's (zap's) names: `warn`, not Python's `warning`.
+    return "warn" if record.levelno == logging.WARNING else record.levelname.lower()
+
+
 class _TextFormatter(logging.Formatter):
+    """One line per record: time, level, message, then its `kv` fields as JSON. A record with
+    a `block` (lines) prints them indented under the message instead of its fields."""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{ts}.{int(record.msecs):03d}Z\t{record.levelname.lower()}\t{record.getMessage()}"
+        line = f"{ts}.{int(record.msecs):03d}Z\t{_level(record)}\t{record.getMessage()}"
         kv = getattr(record, "kv", None)
-        if kv:
+        block = getattr(record, "block", None)
+        if block:
+            line += "".join(f"\n    {text}" for text in block)
+        elif kv:
             line += "\t" + json.dumps(kv, default=str, separators=(", ", ": "))
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -236,7 +292,7 @@ class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": record.created,
-            "level": record.levelname.lower(),
+            "level": _level(record),
             "msg": record.getMessage(),
             "logger": record.name,
         }

@@ -29,7 +29,7 @@ from collector.core.pdata import REJECTED_FIELDS, REQUEST_TYPES, Encoded, count_
 from collector.core.signals import ITEM_NAMES, Signal
 from collector.core.split import split_batch
 from collector.core.storage import QueueStore, queue_store
-from collector.core.telemetry import DropLog
+from collector.core.telemetry import DropLog, go_duration
 
 Push = Callable[[object], Awaitable[None]]
 # Once shutting down, retries wait at most this long: the shutdown timeout is the budget left.
@@ -505,7 +505,7 @@ class Sender:
                     raise
                 if self._closed:
                     delay = min(delay, _SHUTDOWN_RETRY_S)
-                self._log.info(f"exporting failed, will retry in {format_duration(delay)}: {e}")
+                self._log.info(f"exporting failed, will retry in {go_duration(delay)}: {e}")
                 if self._closed:
                     await asyncio.sleep(delay)
                     continue

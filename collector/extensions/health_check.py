@@ -15,14 +15,10 @@ from aiohttp import web
 from pydantic import Field, field_validator
 
 from collector.core.component import Factory, Host, Kind, Settings
-from collector.core.config_types import (
-    ComponentConfig,
-    Duration,
-    ListenEndpoint,
-    format_duration,
-)
+from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
 from collector.core.health import ExportFailures
 from collector.core.http_server import HttpServer
+from collector.core.telemetry import go_duration
 from collector.core.tls import TLSServerConfig
 
 
@@ -103,12 +99,11 @@ class HealthCheck:
             return web.Response(status=status, text=fixed.healthy if healthy else fixed.unhealthy)
         if not healthy:
             return web.json_response({"status": "Server not available"}, status=status)
-        uptime = round(time.monotonic() - self._started_monotonic, 6)
         return web.json_response(
             {
                 "status": "Server available",
                 "upSince": self._started_at.isoformat().replace("+00:00", "Z"),
-                "uptime": format_duration(uptime),
+                "uptime": go_duration(time.monotonic() - self._started_monotonic),
             }
         )
 

@@ -33,7 +33,7 @@ from collector.core.client import ClientInfo
 from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
 from collector.core.consumer import Consumer, PermanentError, RetryableError
-from collector.core.endpoints import split_endpoint, with_port
+from collector.core.endpoints import ListenError, check_free, split_endpoint, with_port
 from collector.core.http_body import RequestError, read_body
 from collector.core.memory import MemoryPressure
 from collector.core.pdata import (
@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     import grpc
 
 _MIB = 1024 * 1024
+# The config keys of the two listeners, named when one cannot listen.
+_GRPC_KEY, _HTTP_KEY = "protocols::grpc::endpoint", "protocols::http::endpoint"
 _PRESSURE_RETRY_S = 1.0  # a memory limiter measures about that often
 # A large protobuf request goes down the pipeline in parts of about this many bytes, so that
 # processing it does not hold other clients up for long: with 50,000 resources through
@@ -529,6 +531,9 @@ class OtlpReceiver:
         # extension's init (HTTP only) would otherwise pay on every cold start.
         import grpc
 
+        # A plain socket tries the port first: grpc reports a taken one only after logging
+        # it from its C core, which no setting here can quieten.
+        check_free(config.endpoint, key=_GRPC_KEY)
         # Without this, grpc binds with SO_REUSEPORT and a second collector on the same port
         # would silently take half the traffic instead of failing to start.
         options = [("grpc.so_reuseport", 0)]
@@ -555,6 +560,7 @@ class OtlpReceiver:
             else:
                 port = server.add_secure_port(config.endpoint, grpc_server_credentials(config.tls))
         except RuntimeError as e:
+            check_free(config.endpoint, key=_GRPC_KEY)  # taken since: say so, naming the key
             raise OSError(f"cannot listen on {config.endpoint} for OTLP/gRPC: {e}") from None
         await server.start()
         return with_port(config.endpoint, port)
@@ -619,7 +625,10 @@ class OtlpReceiver:
         host, port = split_endpoint(config.endpoint)
         self._http_tls = ServerTLS.of(config.tls)
         context = ServerTLS.context_of(self._http_tls)
-        await web.TCPSite(runner, host, port, ssl_context=context).start()
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
+        except OSError as e:
+            raise ListenError(config.endpoint, e, key=_HTTP_KEY) from None
         return with_port(config.endpoint, runner.addresses[0][1])
 
     async def _http_export(self, signal: Signal, request: web.Request) -> web.StreamResponse:

@@ -51,7 +51,18 @@ GLIBC_MINORS = range(34, 16, -1)
 # botocore (the sigv4auth extension's, imported only by it) ships with Lambda's Python runtimes.
 # bcrypt is imported only by the basicauth extension, for htpasswd entries hashed with bcrypt;
 # thrift only by the jaeger receiver, confluent-kafka (16 MB) only by the kafka components.
-EXCLUDED = {"grpcio", "h2", "isal", "cramjam", "botocore", "bcrypt", "thrift", "confluent-kafka"}
+# argcomplete completes the command line in a shell, which a Lambda function has not.
+EXCLUDED = {
+    "grpcio",
+    "h2",
+    "isal",
+    "cramjam",
+    "botocore",
+    "bcrypt",
+    "thrift",
+    "confluent-kafka",
+    "argcomplete",
+}
 # Not needed at run time: tests, tooling, type stubs and C sources.
 PRUNE_DIRS = {"tests", "test", "__pycache__", "bin", "include"}
 PRUNE_SUFFIXES = {".pyi", ".c", ".h", ".pxd", ".pyx"}
