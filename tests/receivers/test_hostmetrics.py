@@ -171,7 +171,7 @@ def test_optional_cpu_metrics_when_enabled_and_time_when_disabled():
     if psutil.cpu_freq() is not None:  # virtual machines may not tell
         assert frequency is not None and frequency.unit == "Hz"
         assert all(v > 1e6 for _, v in points(frequency))
-    time.sleep(0.05)
+    time.sleep(0.2)  # CPU times tick at 100 Hz: enough ticks for every CPU's shares
     utilization = host_metrics(r.scrape())["system.cpu.utilization"]
     assert utilization.unit == "1" and utilization.HasField("gauge")
     shares = by(utilization, "cpu", "state")
@@ -537,7 +537,11 @@ def test_pending_signals_of_a_process():
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "blocked\n"
-        options = own_process_options(metrics={"process.signals_pending": {"enabled": True}})
+        # By the child's own name: the test process may be `pytest` rather than `python`.
+        options = {
+            "include": {"names": [psutil.Process(child.pid).name()], "match_type": "strict"},
+            "metrics": {"process.signals_pending": {"enabled": True}},
+        }
 
         def pending() -> float:
             _, metrics = processes(scrape(process=options))[child.pid]
