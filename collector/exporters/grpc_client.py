@@ -28,6 +28,7 @@ import h2.settings
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from collector.core.auth import ClientAuthenticator, with_auth_headers
 from collector.core.consumer import ConsumerError, PermanentError, RetryableError
 
 # Our receive windows: a response is small, but a large one should not stall on updates.
@@ -426,3 +427,26 @@ def classify(error: GrpcCallError) -> ConsumerError:
     if code in _RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None):
         return RetryableError(message, retry_after=delay)
     return PermanentError(message)
+
+
+def gzip_fast(data: bytes) -> bytes:
+    """`data` as gzip at ISA-L's level 1, on an exporter's thread: 1.5 ms for an 8192-span
+    batch where grpcio's zlib at level 6 takes 22 ms, and a smaller body than zlib's level 1."""
+    from isal import isal_zlib  # the exporters' alone: the Lambda layer goes without
+
+    return isal_zlib.compress(data, 1, wbits=31)  # 31: the gzip format
+
+
+async def authorized(
+    auth: ClientAuthenticator | None,
+    method: str,
+    metadata: tuple[tuple[str, str], ...],
+    data: bytes,
+) -> tuple[tuple[str, str], ...]:
+    """`metadata` with what the `auth` extension adds for this call (keys lower case, as gRPC
+    wants them)."""
+    if auth is None:
+        return metadata
+    extra = await auth.authorize("POST", method, dict(metadata), data)
+    merged = with_auth_headers(dict(metadata), extra)
+    return tuple((k.lower(), v) for k, v in merged.items())

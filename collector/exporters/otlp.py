@@ -15,13 +15,18 @@ from collector.core.auth import (
     AuthConfig,
     ClientAuthenticator,
     client_authenticator,
-    with_auth_headers,
 )
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig
 from collector.core.pdata import GRPC_SERVICES, RESPONSE_TYPES, Encoded
 from collector.core.signals import Signal
-from collector.exporters.grpc_client import GrpcCallError, GrpcChannel, classify
+from collector.exporters.grpc_client import (
+    GrpcCallError,
+    GrpcChannel,
+    authorized,
+    classify,
+    gzip_fast,
+)
 from collector.exporters.sender import (
     Exporter,
     SenderConfig,
@@ -130,12 +135,8 @@ class OTLPExporter(Exporter[Config]):
         data = Encoded.of(batch).data
         encoding = "identity"
         if self.config.compression == "gzip":
-            data, encoding = await self.run_blocking(_gzip, data), "gzip"
-        metadata = self._metadata
-        if self._auth is not None:
-            extra = await self._auth.authorize("POST", self._method, dict(metadata), data)
-            merged = with_auth_headers(dict(metadata), extra)
-            metadata = tuple((k.lower(), v) for k, v in merged.items())  # gRPC wants lower
+            data, encoding = await self.run_blocking(gzip_fast, data), "gzip"
+        metadata = await authorized(self._auth, self._method, self._metadata, data)
         # The deadline (grpc-timeout) tells the server when to give up too.
         try:
             response = await channel.unary(
@@ -150,12 +151,6 @@ class OTLPExporter(Exporter[Config]):
         check_partial_success(
             RESPONSE_TYPES[self.signal].FromString(response), self.signal, self.log
         )
-
-
-def _gzip(data: bytes) -> bytes:
-    from isal import isal_zlib  # the exporter's alone: the Lambda layer goes without
-
-    return isal_zlib.compress(data, 1, wbits=31)  # 31: the gzip format
 
 
 factory = Factory(

@@ -167,7 +167,7 @@ def check_partial_success(response, signal: Signal, log) -> None:
         log.warning(f"partial success response: {partial.error_message}")
 
 
-class _Backoff:
+class Backoff:
     """Exponential backoff with jitter, as github.com/cenkalti/backoff computes it."""
 
     def __init__(self, cfg: RetryConfig) -> None:
@@ -492,7 +492,7 @@ class Sender:
         if not cfg.enabled:
             await self._attempt(batch)
             return
-        backoff = _Backoff(cfg)
+        backoff = Backoff(cfg)
         deadline = time.monotonic() + cfg.max_elapsed_time if cfg.max_elapsed_time else None
         while True:
             try:

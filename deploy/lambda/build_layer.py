@@ -50,7 +50,8 @@ GLIBC_MINORS = range(34, 16, -1)
 # from each layer without them).
 # botocore (the sigv4auth extension's, imported only by it) ships with Lambda's Python runtimes.
 # bcrypt is imported only by the basicauth extension, for htpasswd entries hashed with bcrypt;
-# thrift only by the jaeger receiver, confluent-kafka (16 MB) only by the kafka components.
+# thrift only by the jaeger receiver and zipkin's v1 Thrift bodies, confluent-kafka (16 MB)
+# only by the kafka components.
 # argcomplete completes the command line in a shell, which a Lambda function has not.
 EXCLUDED = {
     "grpcio",

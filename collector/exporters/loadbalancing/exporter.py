@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import ssl
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from collector.exporters.loadbalancing.resolver import (
 )
 from collector.exporters.loadbalancing.ring import Ring
 from collector.exporters.loadbalancing.routing import Router, router
-from collector.exporters.sender import Exporter, RetryConfig
+from collector.exporters.sender import Backoff, Exporter, RetryConfig
 
 # Once shutting down, retries wait at most this long: the shutdown timeout is the budget left.
 _SHUTDOWN_RETRY_S = 0.5
@@ -90,21 +89,6 @@ class _Metrics:
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(*values)
-
-
-class _Backoff:
-    """Exponential backoff with jitter, as the shared sender's retries wait."""
-
-    def __init__(self, cfg: RetryConfig) -> None:
-        self._cfg = cfg
-        self._interval = cfg.initial_interval
-
-    def next(self) -> float:
-        cfg = self._cfg
-        jitter = cfg.randomization_factor * (2 * random.random() - 1)
-        delay = self._interval * (1 + jitter)
-        self._interval = min(self._interval * cfg.multiplier, cfg.max_interval)
-        return delay
 
 
 @dataclass
@@ -235,7 +219,7 @@ class LoadBalancingExporter(Exporter[Config]):
         (with `rejected`, when only some items were not) otherwise."""
         total = count_items(batch)
         retry = self.config.retry_on_failure
-        backoff = _Backoff(retry)
+        backoff = Backoff(retry)
         deadline = time.monotonic() + retry.max_elapsed_time if retry.max_elapsed_time else None
         pending, rejected, permanent = [batch], 0, None
         while True:

@@ -14,11 +14,17 @@ import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
-from collector.core.auth import ClientAuthenticator, with_auth_headers
+from collector.core.auth import ClientAuthenticator
 from collector.core.consumer import RetryableError
 from collector.core.pdata import GRPC_SERVICES, RESPONSE_TYPES, Encoded
 from collector.core.signals import Signal
-from collector.exporters.grpc_client import GrpcCallError, GrpcChannel, classify
+from collector.exporters.grpc_client import (
+    GrpcCallError,
+    GrpcChannel,
+    authorized,
+    classify,
+    gzip_fast,
+)
 from collector.exporters.loadbalancing.config import OTLPConfig
 from collector.exporters.sender import check_partial_success
 
@@ -29,12 +35,6 @@ def request(parts: Sequence) -> bytes:
     """The batches (messages or pdata.Encoded) as one export request: concatenated requests
     are one request."""
     return b"".join(p.data if isinstance(p, Encoded) else p.SerializeToString() for p in parts)
-
-
-def gzip(data: bytes) -> bytes:
-    from isal import isal_zlib  # the exporters' alone: the Lambda layer goes without
-
-    return isal_zlib.compress(data, 1, wbits=31)  # 31: the gzip format
 
 
 class Member:
@@ -84,12 +84,8 @@ class Member:
         data = request(parts)
         compressed = self._config.compression == "gzip"
         if compressed:
-            data = await run_blocking(gzip, data)  # ISA-L releases the GIL
-        metadata = self._metadata
-        if self._auth is not None:
-            extra = await self._auth.authorize("POST", self._method, dict(metadata), data)
-            merged = with_auth_headers(dict(metadata), extra)
-            metadata = tuple((k.lower(), v) for k, v in merged.items())  # gRPC wants lower
+            data = await run_blocking(gzip_fast, data)  # ISA-L releases the GIL
+        metadata = await authorized(self._auth, self._method, self._metadata, data)
         try:
             response = await self._channel.unary(
                 self._method,

@@ -13,11 +13,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from thrift.protocol.TBinaryProtocol import TBinaryProtocol
-from thrift.protocol.TCompactProtocol import TCompactProtocol
 from thrift.Thrift import TMessageType, TType
-from thrift.transport.TTransport import TTransportBase
 
+from collector.core.thrift_input import protocol
 from collector.receivers.jaeger.model import (
     Batch,
     Log,
@@ -138,40 +136,9 @@ class UnsupportedMessage(Invalid):
     """A well-formed agent message this receiver does not take (`emitZipkinBatch`)."""
 
 
-class _Bytes(TTransportBase):
-    """A read-only transport over one body or datagram; reading past its end is EOFError."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._size = len(data)
-        self._pos = 0
-
-    def read(self, sz: int) -> bytes:
-        chunk = self._data[self._pos : self._pos + sz]
-        self._pos += len(chunk)
-        return chunk
-
-    def readAll(self, sz: int) -> bytes:
-        start = self._pos
-        end = start + sz
-        if end > self._size or sz < 0:
-            raise EOFError(f"{sz} bytes wanted at offset {start}, past the end")
-        self._pos = end
-        return self._data[start:end]
-
-
-def _protocol(data: bytes, compact: bool):
-    transport = _Bytes(data)
-    # Nothing in the data can be longer than the data itself.
-    limits = {"string_length_limit": len(data), "container_length_limit": len(data)}
-    if compact:
-        return TCompactProtocol(transport, **limits)
-    return TBinaryProtocol(transport, **limits)
-
-
 def decode_batch(data: bytes, compact: bool = False) -> Batch:
     """A `jaeger.Batch` struct, as the HTTP collector API takes it (binary protocol)."""
-    return _decoding(lambda: _batch(_read_struct(_protocol(data, compact), BATCH)))
+    return _decoding(lambda: _batch(_read_struct(protocol(data, compact), BATCH)))
 
 
 def decode_agent_message(data: bytes, compact: bool) -> Batch:
@@ -179,16 +146,16 @@ def decode_agent_message(data: bytes, compact: bool) -> Batch:
     `emitZipkinBatch`."""
 
     def read() -> Batch:
-        protocol = _protocol(data, compact)
-        name, message_type, _ = protocol.readMessageBegin()
+        reader = protocol(data, compact)
+        name, message_type, _ = reader.readMessageBegin()
         if message_type not in (TMessageType.CALL, TMessageType.ONEWAY):
             raise Invalid(f"message type {message_type} is not a call")
         if name == "emitZipkinBatch":
             raise UnsupportedMessage("Agent.emitZipkinBatch (Zipkin spans) is not supported")
         if name != "emitBatch":
             raise Invalid(f"unknown agent method {name[:100]!r}")
-        args = _read_struct(protocol, EMIT_BATCH_ARGS)
-        protocol.readMessageEnd()
+        args = _read_struct(reader, EMIT_BATCH_ARGS)
+        reader.readMessageEnd()
         batch = args.get("batch")
         return Batch(None, []) if batch is None else _batch(batch)
 

@@ -32,7 +32,6 @@ from collector.core.signals import Signal
 from collector.core.tls import TLSServerConfig
 from collector.receivers.zipkin.json_codec import decode_v1, decode_v2
 from collector.receivers.zipkin.proto import decode as decode_proto
-from collector.receivers.zipkin.thrift_codec import decode as decode_thrift
 from collector.receivers.zipkin.translate import traces as v2_traces
 from collector.receivers.zipkin.translate_v1 import traces as v1_traces
 
@@ -76,6 +75,9 @@ def _v1_json(body: bytes, parse_tags: bool) -> Traces:
 
 
 def _v1_thrift(body: bytes, parse_tags: bool) -> Traces:
+    # Imported for Thrift bodies only: the thrift package is not in the Lambda layer.
+    from collector.receivers.zipkin.thrift_codec import decode as decode_thrift
+
     return v1_traces(decode_thrift(body), parse_tags)
 
 

@@ -14,10 +14,9 @@ import base64
 import struct
 from typing import Any, NamedTuple
 
-from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.Thrift import TType
-from thrift.transport.TTransport import TTransportBase
 
+from collector.core.thrift_input import protocol
 from collector.receivers.zipkin.model import (
     BinaryAnnotation,
     Endpoint,
@@ -81,34 +80,11 @@ _NUMBERS = {
 _ID = struct.Struct(">q")
 
 
-class _Bytes(TTransportBase):
-    """A read-only transport over one body; reading past its end is EOFError."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def read(self, sz: int) -> bytes:
-        chunk = self._data[self._pos : self._pos + sz]
-        self._pos += len(chunk)
-        return chunk
-
-    def readAll(self, sz: int) -> bytes:
-        start, end = self._pos, self._pos + sz
-        if sz < 0 or end > len(self._data):
-            raise EOFError(f"{sz} bytes wanted at offset {start}, past the end")
-        self._pos = end
-        return self._data[start:end]
-
-
 def decode(body: bytes) -> list[V1Span]:
     """The spans of a Thrift `list<Span>`; ValueError saying what is wrong."""
-    # Nothing in the body can be longer than the body itself.
-    protocol = TBinaryProtocol(
-        _Bytes(body), string_length_limit=len(body), container_length_limit=len(body)
-    )
+    reader = protocol(body)
     try:
-        raw = _read_list(protocol, SPAN)
+        raw = _read_list(reader, SPAN)
     except ValueError:
         raise
     # The library raises TProtocolException, TTransportException, EOFError, struct.error and
