@@ -397,6 +397,19 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     return asyncio.run(run_all())
 
 
+def held_undeliverable_data(log: str, timed_out: str) -> bool:
+    """Whether the component a "shutdown timed out" line names is an exporter that was still
+    retrying a send to its (refused) loopback endpoint: it spends the shutdown budget on that
+    data by design. Whether any reached it before the stop, as the prometheus receiver's `up`
+    series do once a scrape has failed, depends on timing."""
+    label = json.loads(timed_out.split("\t")[-1])["component"]
+    kind, name = label.split()[:2]
+    return kind == "exporter" and any(
+        "exporting failed, will retry" in line and f'"name": "{name}"' in line
+        for line in log.splitlines()
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_the_collector_runs_the_config_on_loopback_and_stops(name, runs):
@@ -404,7 +417,11 @@ def test_the_collector_runs_the_config_on_loopback_and_stops(name, runs):
     assert result.error is None, f"{result.error}\nsets: {result.plan.sets}"
     assert result.exit_code == 0, result.log
     assert "shutdown complete" in result.log
-    assert not [line for line in result.log.splitlines() if "shutdown timed out" in line]
+    assert not [
+        line
+        for line in result.log.splitlines()
+        if "shutdown timed out" in line and not held_undeliverable_data(result.log, line)
+    ]
     # Every socket is on loopback, and every listener a pipeline uses was moved there.
     assert all(address.startswith("127.0.0.1:") for address in result.listening), result.listening
     assert all(address.startswith("127.0.0.1:") for address in result.remote), result.remote
