@@ -563,10 +563,12 @@ def test_process_exclude_and_scrape_process_delay():
     name = psutil.Process().name()
     excluded = scrape(process={"exclude": {"names": [name], "match_type": "strict"}})
     assert os.getpid() not in processes(excluded)
+    # Every process may be young (a fresh container): this one is made at least 4 s old.
+    time.sleep(max(0.0, psutil.Process().create_time() + 4 - time.time()))
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        young = processes(scrape(process={"scrape_process_delay": "1h"}))
-        assert child.pid not in young and young  # older processes still there
+        young = processes(scrape(process={"scrape_process_delay": "2s"}))
+        assert child.pid not in young and os.getpid() in young
         assert child.pid in processes(scrape(process={"scrape_process_delay": "0s"}))
     finally:
         child.kill()
