@@ -180,6 +180,20 @@ def test_optional_cpu_metrics_when_enabled_and_time_when_disabled():
         assert sum(v for (c, _), v in shares.items() if c == cpu) == pytest.approx(1, abs=0.05)
 
 
+def test_cpu_utilization_shares_stay_within_0_and_1():
+    # psutil's per-CPU times as Linux gives them: iowait may go backwards, and float sums of
+    # large counters overshoot by a rounding error.
+    from collector.receivers.hostmetrics.cpu import _utilization
+
+    Times = psutil._psplatform.scputimes
+    fields = {name: 0.0 for name in Times._fields}
+    before = Times(**{**fields, "idle": 123456.78, "iowait": 50.0})
+    after = Times(**{**fields, "idle": 123456.98, "iowait": 49.99, "system": 0.01})
+    shares = {attrs["state"]: value for attrs, value in _utilization([before], [after])}
+    assert all(0 <= v <= 1 for v in shares.values()), shares
+    assert shares["wait"] == 0 and shares["idle"] == 1
+
+
 def test_memory_states_partition_the_total_and_optional_metrics():
     scrapers = {
         "memory": {

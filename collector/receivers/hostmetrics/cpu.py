@@ -96,13 +96,15 @@ def _points(cpu: int, by_state: dict[str, float]) -> Points:
 
 def _utilization(before: list[Any], after: list[Any]) -> Points:
     """Each state's share of the CPU time that passed, per CPU: upstream divides by the sum
-    of all states (guest included), which is the elapsed time of a CPU that stayed online."""
+    of all states (guest included), which is the elapsed time of a CPU that stayed online.
+    Shares are held within 0..1: the float sums can overshoot by a rounding error, and Linux's
+    iowait counter may go backwards (proc(5))."""
     points: Points = []
     for cpu, (old, new) in enumerate(zip(before, after, strict=True)):
         elapsed = sum(new) - sum(old)
         old_states = _by_state(old)
         shares = {
-            state: (value - old_states[state]) / elapsed if elapsed > 0 else 0.0
+            state: min(max((value - old_states[state]) / elapsed, 0.0), 1.0) if elapsed > 0 else 0.0
             for state, value in _by_state(new).items()
         }
         points += _points(cpu, shares)
