@@ -27,6 +27,7 @@ class Config(ComponentConfig):
 
 class AttributesProcessor(Processor):
     mutates_data = True
+    attributes_only = True
 
     def __init__(self, settings: Settings, config: Config, signal: Signal, next: Consumer) -> None:
         super().__init__(settings, config, signal, next)

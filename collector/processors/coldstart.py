@@ -81,17 +81,16 @@ from collector.core.attributes import (
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer
-from collector.core.pdata import duration_ns, iso_time_ns
+from collector.core.pdata import ENTRY_KINDS, duration_ns, iso_time_ns
 from collector.core.signals import Signal
 from collector.processors.internal.base import Processor
+from collector.processors.internal.entries import INIT_SPAN_NAME, marked_spans
 
 INSTRUMENTATION = SOURCE_INSTRUMENTATION
 TELEMETRY_API = "telemetry_api"
 INFERRED = "inferred"
 SOURCES = (INSTRUMENTATION, TELEMETRY_API, INFERRED)
 
-_INIT_SPAN_NAME = "init"
-_REQUEST_KINDS = (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CONSUMER)
 _SPAN_KEYS = frozenset(
     {FAAS_COLDSTART, COLD_START, COLD_START_SOURCE, INIT_TYPE, INIT_DURATION_MS, FAAS_INVOCATION_ID}
 )
@@ -244,6 +243,7 @@ def _init_of(span: Span, found: dict) -> InitReport:
 
 class ColdStartProcessor(Processor):
     mutates_data = True
+    attributes_only = True
 
     def __init__(
         self,
@@ -275,26 +275,21 @@ class ColdStartProcessor(Processor):
         entries = []
         # Init spans are collected first so that an entry span judged before its trace's init
         # span in batch order still gets the init duration and type.
-        for rs in batch.resource_spans:
+        for rs, spans in marked_spans(batch):
+            if not spans:
+                continue
             resource = self._classify(rs.resource.attributes)
             if resource is None:
                 continue
-            for ss in rs.scope_spans:
-                # Entry spans (is_entry_span, inlined) and init spans, picked in one
-                # comprehension: a loop over every span costs this processor a tenth more.
-                for span in [
-                    s
-                    for s in ss.spans
-                    if s.kind in _REQUEST_KINDS or not s.parent_span_id or s.name == _INIT_SPAN_NAME
-                ]:
-                    if span.name == _INIT_SPAN_NAME:
-                        inits[span.trace_id] = _init_of(span, _scan(span.attributes))
+            for span in spans:
+                if span.name == INIT_SPAN_NAME:
+                    inits[span.trace_id] = _init_of(span, _scan(span.attributes))
+                else:
+                    found = _scan(span.attributes)
+                    if INIT_TYPE in found and span.kind not in ENTRY_KINDS:
+                        inits[span.trace_id] = _init_of(span, found)
                     else:
-                        found = _scan(span.attributes)
-                        if INIT_TYPE in found and span.kind not in _REQUEST_KINDS:
-                            inits[span.trace_id] = _init_of(span, found)
-                        else:
-                            entries.append((span, found, resource))
+                        entries.append((span, found, resource))
         # Metrics are updated once per batch: a batch from a fleet starting up is all cold.
         cold_starts = dict.fromkeys(SOURCES, 0)
         for span, found, resource in entries:

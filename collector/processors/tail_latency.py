@@ -65,10 +65,11 @@ from collector.core.attributes import (
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer
-from collector.core.pdata import any_value_to_python, entry_spans, set_attr
+from collector.core.pdata import ENTRY_KINDS, any_value_to_python, set_attr
 from collector.core.signals import Signal
 from collector.core.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
 from collector.processors.internal.base import Processor
+from collector.processors.internal.entries import marked_spans
 
 SPAN_NAME = "span.name"
 SPAN_KIND = "span.kind"
@@ -199,6 +200,8 @@ class _Series:
 
 
 class TailLatency(Processor):
+    attributes_only = True
+
     def __init__(
         self,
         settings: Settings,
@@ -236,24 +239,30 @@ class TailLatency(Processor):
 
     def process(self, batch):
         epoch = self._epoch()
-        entry_only = self.config.spans == "entry"
-        for rs in batch.resource_spans:
+        if self.config.spans == "entry":
+            spans_by_resource = [
+                (rs, [s for s in spans if s.kind in ENTRY_KINDS or not s.parent_span_id])
+                for rs, spans in marked_spans(batch)
+            ]
+        else:
+            spans_by_resource = [
+                (rs, [s for ss in rs.scope_spans for s in ss.spans]) for rs in batch.resource_spans
+            ]
+        for rs, spans in spans_by_resource:
+            if not spans:
+                continue
             resource = {
                 kv.key: _text(kv.value)
                 for kv in rs.resource.attributes
                 if kv.key in self._attr_dimensions
             }
-            for ss in rs.scope_spans:
-                for span in entry_spans(ss.spans) if entry_only else ss.spans:
-                    self._observe(span, resource, epoch)
+            for span in spans:
+                self._observe(span, resource, epoch)
         return batch
 
     def _observe(self, span: Span, resource: dict[str, str], epoch: int) -> None:
-        found = {}
-        for kv in span.attributes:
-            key = kv.key
-            if key in self._wanted:
-                found[key] = kv.value
+        wanted = self._wanted
+        found = {kv.key: kv.value for kv in span.attributes if kv.key in wanted}
         series = self._lookup(self._key(span, resource, found), epoch)
         duration = max(0, span.end_time_unix_nano - span.start_time_unix_nano)
         sketch = series.sketch

@@ -6,6 +6,7 @@ from collector.core.component import Settings
 from collector.core.consumer import Consumer
 from collector.core.pdata import count_items
 from collector.core.signals import Signal
+from collector.processors.internal import entries
 
 
 class Processor:
@@ -14,6 +15,9 @@ class Processor:
     refuse data, using `forward` to emit."""
 
     mutates_data = True
+    # Changes attributes only, never which items there are or a span's kind, parent or name:
+    # the item count and the spans processors.internal.entries found stay true past it.
+    attributes_only = False
 
     def __init__(self, settings: Settings, config, signal: Signal, next: Consumer) -> None:
         self.settings = settings
@@ -37,14 +41,18 @@ class Processor:
         return batch
 
     async def consume(self, batch) -> None:
-        self._incoming.inc(count_items(batch))
+        n = count_items(batch)
+        self._incoming.inc(n)
         out = self.process(batch)
         if out is not None:
-            await self.forward(out)
+            await self.forward(out, n if out is batch and self.attributes_only else None)
 
-    async def forward(self, batch) -> None:
-        n = count_items(batch)
+    async def forward(self, batch, items: int | None = None) -> None:
+        """Hand `batch` on; `items` is its count when known."""
+        n = count_items(batch) if items is None else items
         if n == 0:
             return
+        if self.mutates_data and not self.attributes_only:
+            entries.forget(batch)
         await self.next.consume(batch)
         self._outgoing.inc(n)
