@@ -65,7 +65,7 @@ from collector.core.attributes import (
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer
-from collector.core.pdata import ENTRY_KINDS, any_value_to_python, set_attr
+from collector.core.pdata import any_value_to_python, entry_spans, set_attr
 from collector.core.signals import Signal
 from collector.core.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
 from collector.processors.internal.base import Processor
@@ -240,10 +240,7 @@ class TailLatency(Processor):
     def process(self, batch):
         epoch = self._epoch()
         if self.config.spans == "entry":
-            spans_by_resource = [
-                (rs, [s for s in spans if s.kind in ENTRY_KINDS or not s.parent_span_id])
-                for rs, spans in marked_spans(batch)
-            ]
+            spans_by_resource = [(rs, entry_spans(spans)) for rs, spans in marked_spans(batch)]
         else:
             spans_by_resource = [
                 (rs, [s for ss in rs.scope_spans for s in ss.spans]) for rs in batch.resource_spans
