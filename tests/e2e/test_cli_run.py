@@ -29,14 +29,23 @@ CONFIG = {
         },
         "statsd": {"endpoint": "127.0.0.1:0"},
         "lambda_telemetry": {"endpoint": "127.0.0.1:0"},
+        "jaeger": {
+            "protocols": {
+                "grpc": {"endpoint": "127.0.0.1:0"},
+                "thrift_http": {"endpoint": "127.0.0.1:0"},
+            }
+        },
     },
     "exporters": {"debug": {}, "prometheus": {"endpoint": "127.0.0.1:0"}},
-    "extensions": {"health_check": {"endpoint": "127.0.0.1:0"}},
+    "extensions": {
+        "health_check": {"endpoint": "127.0.0.1:0"},
+        "awsproxy": {"endpoint": "127.0.0.1:0", "region": "eu-west-1"},
+    },
     "service": {
-        "extensions": ["health_check"],
+        "extensions": ["health_check", "awsproxy"],
         "telemetry": {"metrics": {"address": "127.0.0.1:0"}},
         "pipelines": {
-            "traces": {"receivers": ["otlp", "lambda_telemetry"], "exporters": ["debug"]},
+            "traces": {"receivers": ["otlp", "lambda_telemetry", "jaeger"], "exporters": ["debug"]},
             "metrics": {"receivers": ["otlp", "statsd"], "exporters": ["prometheus"]},
         },
     },
@@ -83,6 +92,9 @@ def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
         ("exporters::prometheus::endpoint", "tcp"),
         ("receivers::statsd::endpoint", "udp"),
         ("receivers::lambda_telemetry::endpoint", "tcp"),
+        ("receivers::jaeger::protocols::grpc::endpoint", "tcp"),
+        ("receivers::jaeger::protocols::thrift_http::endpoint", "tcp"),
+        ("extensions::awsproxy::endpoint", "tcp"),
     ],
 )
 def test_a_taken_port_is_one_line_naming_the_key_to_change(config, key, transport):
@@ -160,8 +172,8 @@ def test_the_banner_says_version_sources_pipelines_and_listeners(config):
         assert lines[1] == f"config:     {config}"
         assert lines[2] == "set:        processors::batch::timeout"  # its key, not its value
         assert lines[3] == "pipelines:  metrics: otlp, statsd -> prometheus"  # as the file orders
-        assert lines[4] == "traces: otlp, lambda_telemetry -> debug"
-        assert "extensions: health_check" in lines
+        assert lines[4] == "traces: otlp, lambda_telemetry, jaeger -> debug"
+        assert "extensions: health_check, awsproxy" in lines
         # The last part of the block: "listening:  ADDRESS  OWNER", then "ADDRESS  OWNER".
         first = next(i for i, line in enumerate(lines) if line.startswith("listening:"))
         entries = [line.removeprefix("listening:").strip() for line in lines[first:]]

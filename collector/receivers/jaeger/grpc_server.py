@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from collector.core.auth import ServerAuthenticator, Unauthenticated, server_authenticator
 from collector.core.component import Host
 from collector.core.consumer import PermanentError, RetryableError
-from collector.core.endpoints import with_port
+from collector.core.endpoints import check_free, with_port
 from collector.core.pdata import Traces
 from collector.core.tls import grpc_server_credentials
 from collector.receivers.jaeger.config import GrpcConfig
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import grpc
 
 _MIB = 1024 * 1024
+_KEY = "protocols::grpc::endpoint"
 # Long enough for requests in progress to be answered, short enough not to stall a shutdown.
 _SHUTDOWN_GRACE_S = 5.0
 _EMPTY_RESPONSE = PostSpansResponse().SerializeToString()
@@ -55,6 +56,10 @@ class GrpcServer:
         import grpc
 
         self._auth = server_authenticator(host, self.config.auth)
+        endpoint = self.config.endpoint
+        # A plain socket tries the port first: grpc reports a taken one only after logging it
+        # from its C core, which no setting here can quieten.
+        check_free(endpoint, key=_KEY)
         # Without this, grpc binds with SO_REUSEPORT and a second collector on the same port
         # would silently take half the traffic instead of failing to start.
         options: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
@@ -71,13 +76,13 @@ class GrpcServer:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
         )
-        endpoint = self.config.endpoint
         try:
             if self.config.tls is None:
                 port = server.add_insecure_port(endpoint)
             else:
                 port = server.add_secure_port(endpoint, grpc_server_credentials(self.config.tls))
         except RuntimeError as e:
+            check_free(endpoint, key=_KEY)  # taken since: say so, naming the key
             raise OSError(f"cannot listen on {endpoint} for Jaeger gRPC: {e}") from None
         await server.start()
         return with_port(endpoint, port)
