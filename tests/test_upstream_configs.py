@@ -353,6 +353,15 @@ def health(url: str) -> int:
 
 
 def run(config: Path, tmp: Path, ecs_uri: str) -> Run:
+    """One run of `config`; again with new ports when a port picked free was taken before the
+    collector bound it (by another process: files run a few at a time)."""
+    result = run_once(config, tmp, ecs_uri)
+    if "(address in use)" in result.log:
+        result = run_once(config, tmp, ecs_uri)
+    return result
+
+
+def run_once(config: Path, tmp: Path, ecs_uri: str) -> Run:
     try:
         plan = plan_for(config, tmp)
     except Exception as e:
