@@ -79,12 +79,13 @@ class Encoded:
     items: int
 
     @classmethod
-    def of(cls, batch) -> Encoded:
-        return (
-            batch
-            if isinstance(batch, Encoded)
-            else cls(signal_of(batch), batch.SerializeToString(), count_items(batch))
-        )
+    def of(cls, batch, items: int | None = None) -> Encoded:
+        """`batch` in its wire form; `items` is its count when known."""
+        if isinstance(batch, Encoded):
+            return batch
+        if items is None:
+            items = count_items(batch)
+        return cls(signal_of(batch), batch.SerializeToString(), items)
 
     @classmethod
     def join(cls, parts: list) -> Encoded:

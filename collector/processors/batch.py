@@ -163,7 +163,7 @@ class _Batcher:
             self.wake.set()
         if self.processor.encoded:
             # Encoded as it arrives: one large encoding at the send would hold every receiver.
-            batch = Encoded.of(batch)
+            batch = Encoded.of(batch, items)
         self.held.append(batch)
         self.held_items += items
         trigger = self.processor.trigger

@@ -215,14 +215,15 @@ class MemoryLimiter(Processor):
             )
 
     async def consume(self, batch) -> None:
-        self._incoming.inc(count_items(batch))
+        items = count_items(batch)
+        self._incoming.inc(items)
         if self.refusing:
             raise RetryableError(
                 f"memory usage {self.usage // MIB} MiB is above the soft limit "
                 f"{self.soft_limit // MIB} MiB",
                 retry_after=self.config.check_interval,
             )
-        await self.forward(batch)
+        await self.forward(batch, items)
 
 
 factory = Factory(
