@@ -76,12 +76,13 @@ def decode(data: bytes | None, signal: Signal, encoding: str):
         raise ValueError("empty message")
     if encoding == "otlp_json":
         batch = otlpjson.parse(data, REQUEST_TYPES[signal])
-    else:
-        try:
-            batch = REQUEST_TYPES[signal].FromString(data)
-        except DecodeError as e:
-            raise ValueError(f"not an OTLP protobuf {signal.value} request: {e}") from None
-    check_ids(batch)
+        check_ids(batch)
+        return batch
+    try:
+        batch = REQUEST_TYPES[signal].FromString(data)
+    except DecodeError as e:
+        raise ValueError(f"not an OTLP protobuf {signal.value} request: {e}") from None
+    check_ids(batch, data)
     return batch
 
 

@@ -31,6 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from collector.core import span_ids
 from collector.core.signals import Signal
 
 Traces = ExportTraceServiceRequest
@@ -140,13 +141,16 @@ def count_spans(batch: Traces) -> int:
     return sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
 
 
-def check_ids(batch) -> None:
+def check_ids(batch, data: bytes | None = None) -> None:
     """ValueError naming the first trace id that is not 16 bytes or span id that is not 8, as
     OTLP defines them: a span's own ids are required, its parent's and the ids of links' spans,
     log records and exemplars may be empty. Written for speed, since every request pays it:
-    about 0.5 us a span."""
+    about 0.5 us a span; a trace batch's own wire form `data`, when given, lets spans without
+    links be checked in C instead (span_ids), at half that."""
     signal = signal_of(batch)
     if signal is Signal.TRACES:
+        if data is not None and span_ids.well_formed(data):
+            return
         for rs in batch.resource_spans:
             for ss in rs.scope_spans:
                 for span in ss.spans:

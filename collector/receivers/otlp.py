@@ -475,7 +475,7 @@ class OtlpReceiver:
                 if parts:
                     await asyncio.sleep(0)
                 batch = request_type.FromString(data)
-                check_ids(batch)
+                check_ids(batch, data)
                 parts.append(_Part(batch, data, count_items(batch)))
         _check_limits(self.config.limits, signal, parts)
         return parts

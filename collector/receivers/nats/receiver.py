@@ -306,8 +306,9 @@ class NatsReceiver:
         messages that hold them, and those that cannot be decoded."""
         request = REQUEST_TYPES[signal]
         try:
-            batch = request.FromString(b"".join(m.data for m in msgs))
-            check_ids(batch)
+            data = b"".join(m.data for m in msgs)
+            batch = request.FromString(data)
+            check_ids(batch, data)
             return batch, msgs, []
         except Exception:
             pass  # find which ones
