@@ -79,6 +79,7 @@ class Config(ComponentConfig):
 
 class ResourceDetectionProcessor(Processor):
     mutates_data = True
+    attributes_only = True
 
     def __init__(
         self,
