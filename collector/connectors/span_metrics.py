@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
@@ -30,10 +29,16 @@ from typing import Annotated, Literal
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from collector.core.component import Factory, Host, Kind, Settings, Stability
-from collector.core.config_types import ComponentConfig, Duration, parse_duration
+from collector.core.config_types import (
+    ComponentConfig,
+    Defaulted,
+    Duration,
+    histogram_bounds,
+    null_is_defaults,
+)
 from collector.core.consumer import Consumer
 from collector.core.pdata import Metrics, Traces, count_metric_points, duration_ns
 from collector.core.signals import Signal
@@ -62,14 +67,6 @@ _STATUS_NAMES = {v: n for n, v in Status.StatusCode.items()}
 _OVERFLOW = object()
 
 
-def _null_is_defaults(value: object) -> object:
-    # A key with nothing after it (`histogram:`) is YAML null and means "defaults".
-    return {} if value is None else value
-
-
-_Defaulted = BeforeValidator(_null_is_defaults)
-
-
 # --- config ---------------------------------------------------------------------------------
 
 
@@ -96,13 +93,7 @@ class ExplicitHistogramConfig(ComponentConfig):
     @field_validator("buckets")
     @classmethod
     def _increasing(cls, buckets: list[float]) -> list[float]:
-        if not buckets:
-            return [parse_duration(b) for b in DEFAULT_BUCKETS]
-        if any(b <= 0 for b in buckets):
-            raise ValueError("bucket bounds must be greater than 0")
-        if any(a >= b for a, b in itertools.pairwise(buckets)):
-            raise ValueError("bucket bounds must be strictly increasing")
-        return buckets
+        return histogram_bounds(buckets, DEFAULT_BUCKETS)
 
 
 class HistogramConfig(ComponentConfig):
@@ -112,7 +103,7 @@ class HistogramConfig(ComponentConfig):
     unit: Literal["ms", "s"] = "ms"
     """Unit of the duration histogram (its bounds and sum): ms or s. Default ms."""
 
-    explicit: Annotated[ExplicitHistogramConfig, _Defaulted] = Field(
+    explicit: Annotated[ExplicitHistogramConfig, Defaulted] = Field(
         default_factory=ExplicitHistogramConfig
     )
     """Explicit-bucket histogram settings (the only histogram type supported)."""
@@ -125,7 +116,7 @@ class ExemplarsConfig(ComponentConfig):
 
 
 class Config(ComponentConfig):
-    histogram: Annotated[HistogramConfig, _Defaulted] = Field(default_factory=HistogramConfig)
+    histogram: Annotated[HistogramConfig, Defaulted] = Field(default_factory=HistogramConfig)
     """The duration histogram. Default: explicit buckets in ms."""
 
     dimensions: list[DimensionConfig] = Field(default_factory=list)
@@ -192,13 +183,13 @@ class Config(ComponentConfig):
     dimensions_cache_size: int = Field(1000, ge=0)
     """Accepted for compatibility with Collector configs; no effect here. Default 1000."""
 
-    exemplars: Annotated[ExemplarsConfig, _Defaulted] = Field(default_factory=ExemplarsConfig)
+    exemplars: Annotated[ExemplarsConfig, Defaulted] = Field(default_factory=ExemplarsConfig)
     """Exemplars on the histogram: accepted for compatibility, not attached."""
 
     @model_validator(mode="before")
     @classmethod
     def _null_body(cls, data: object) -> object:
-        return _null_is_defaults(data)
+        return null_is_defaults(data)
 
     @model_validator(mode="after")
     def _unique_dimensions(self) -> Config:

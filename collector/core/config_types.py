@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
@@ -59,6 +61,28 @@ def format_duration(seconds: float) -> str:
 
 # Seconds, written in config as a Go duration string.
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def null_is_defaults(value: object) -> object:
+    """A key with nothing after it (`protocols:`) is YAML null, which the Collector reads as
+    "this block, with its defaults"."""
+    return {} if value is None else value
+
+
+# A nested block whose null means its defaults.
+Defaulted = BeforeValidator(null_is_defaults)
+
+
+def histogram_bounds(bounds: list[float], default: Iterable[str]) -> list[float]:
+    """Histogram bucket bounds in seconds: the durations `default` when `bounds` is empty, else
+    `bounds` when greater than 0 and strictly increasing (ValueError otherwise)."""
+    if not bounds:
+        return [parse_duration(b) for b in default]
+    if any(b <= 0 for b in bounds):
+        raise ValueError("bucket bounds must be greater than 0")
+    if any(a >= b for a, b in itertools.pairwise(bounds)):
+        raise ValueError("bucket bounds must be strictly increasing")
+    return bounds
 
 
 def parse_endpoint(value: object) -> str:

@@ -31,7 +31,13 @@ from collector.core.auth import (
 )
 from collector.core.client import ClientInfo
 from collector.core.component import Factory, Host, Kind, Settings, Stability
-from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
+from collector.core.config_types import (
+    ComponentConfig,
+    Defaulted,
+    Duration,
+    ListenEndpoint,
+    null_is_defaults,
+)
 from collector.core.consumer import Consumer, PermanentError, RetryableError
 from collector.core.endpoints import ListenError, check_free, split_endpoint, with_port
 from collector.core.http_body import RequestError, read_body
@@ -72,11 +78,6 @@ _DEFAULT_RETRY_AFTER_S = 1
 _SHUTDOWN_GRACE_S = 5.0
 
 
-def _null_is_defaults(value: object) -> object:
-    # `grpc:` with nothing after it is YAML null and means "enabled, with defaults".
-    return {} if value is None else value
-
-
 def _zero_is_default_body_size(value: int) -> int:
     return value or _DEFAULT_MAX_REQUEST_BODY_SIZE
 
@@ -87,7 +88,6 @@ def _url_path(value: object) -> object:
     return value
 
 
-_Defaulted = BeforeValidator(_null_is_defaults)
 _UrlPath = Annotated[str, BeforeValidator(_url_path)]
 
 
@@ -205,7 +205,7 @@ class HttpConfig(ComponentConfig):
     logs_url_path: _UrlPath = "/v1/logs"
     """URL path receiving logs. Default /v1/logs."""
 
-    cors: Annotated[CorsConfig, _Defaulted] = Field(default_factory=CorsConfig)
+    cors: Annotated[CorsConfig, Defaulted] = Field(default_factory=CorsConfig)
     """Cross-origin (browser) access. Default: off."""
 
     tls: TLSServerConfig | None = None
@@ -231,10 +231,10 @@ class HttpConfig(ComponentConfig):
 
 
 class Protocols(ComponentConfig):
-    grpc: Annotated[GrpcConfig | None, _Defaulted] = None
+    grpc: Annotated[GrpcConfig | None, Defaulted] = None
     """OTLP/gRPC server. Present (even empty) enables it; absent disables it."""
 
-    http: Annotated[HttpConfig | None, _Defaulted] = None
+    http: Annotated[HttpConfig | None, Defaulted] = None
     """OTLP/HTTP server. Present (even empty) enables it; absent disables it."""
 
 
@@ -254,7 +254,7 @@ class Limits(ComponentConfig):
 
 
 class Config(ComponentConfig):
-    protocols: Annotated[Protocols, _Defaulted] = Field(default_factory=Protocols)
+    protocols: Annotated[Protocols, Defaulted] = Field(default_factory=Protocols)
     """The transports to serve; at least one of grpc and http must be set."""
     limits: Limits = Field(default_factory=Limits)
     """Per-request bounds on resources, items and attributes."""
@@ -263,7 +263,7 @@ class Config(ComponentConfig):
     @classmethod
     def _null_body(cls, data: object) -> object:
         # `otlp:` with nothing after it must fail on the missing protocols, not on its type.
-        return _null_is_defaults(data)
+        return null_is_defaults(data)
 
     @model_validator(mode="after")
     def _some_protocol(self) -> Config:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
-
 from pydantic import Field, field_validator, model_validator
 
-from collector.core.config_types import ComponentConfig, Duration, parse_duration
+from collector.core.config_types import (
+    ComponentConfig,
+    Duration,
+    histogram_bounds,
+    null_is_defaults,
+)
 
 # fmt: off
 DEFAULT_BUCKETS = (
@@ -18,11 +21,6 @@ DEFAULT_PEER_ATTRIBUTES = ("peer.service", "db.name", "db.system")
 DEFAULT_DATABASE_NAME_ATTRIBUTES = ("db.name",)
 DEFAULT_CACHE_LOOP = 60.0
 DEFAULT_STORE_EXPIRATION_LOOP = 2.0
-
-
-def _null_is_defaults(value: object) -> object:
-    # A key with nothing after it (`store:`) is YAML null and means "defaults".
-    return {} if value is None else value
 
 
 class StoreConfig(ComponentConfig):
@@ -40,7 +38,7 @@ class StoreConfig(ComponentConfig):
     @model_validator(mode="before")
     @classmethod
     def _null_body(cls, data: object) -> object:
-        return _null_is_defaults(data)
+        return null_is_defaults(data)
 
 
 class Config(ComponentConfig):
@@ -109,7 +107,7 @@ class Config(ComponentConfig):
     @model_validator(mode="before")
     @classmethod
     def _checked_body(cls, data: object) -> object:
-        data = _null_is_defaults(data)
+        data = null_is_defaults(data)
         if isinstance(data, dict) and "exponential_histogram_max_size" in data:
             if data["exponential_histogram_max_size"]:
                 raise ValueError(
@@ -122,13 +120,7 @@ class Config(ComponentConfig):
     @field_validator("latency_histogram_buckets")
     @classmethod
     def _increasing(cls, buckets: list[float]) -> list[float]:
-        if not buckets:
-            return [parse_duration(b) for b in DEFAULT_BUCKETS]
-        if any(b <= 0 for b in buckets):
-            raise ValueError("bucket bounds must be greater than 0")
-        if any(a >= b for a, b in itertools.pairwise(buckets)):
-            raise ValueError("bucket bounds must be strictly increasing")
-        return buckets
+        return histogram_bounds(buckets, DEFAULT_BUCKETS)
 
     @field_validator("dimensions")
     @classmethod

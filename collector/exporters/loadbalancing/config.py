@@ -4,12 +4,12 @@ names them: `routing_key`, `routing_attributes`, `protocol::otlp`, `resolver` (`
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from collector.core.auth import AuthConfig
-from collector.core.config_types import ComponentConfig, Duration
+from collector.core.config_types import ComponentConfig, Defaulted, Duration
 from collector.core.signals import Signal
 from collector.exporters.sender import QueueConfig, RetryConfig, SenderConfig, TLSClientConfig
 
@@ -90,14 +90,9 @@ class OTLPConfig(ComponentConfig):
 
 
 class ProtocolConfig(ComponentConfig):
-    otlp: OTLPConfig = Field(default_factory=OTLPConfig)
+    # `otlp:` with nothing after it, as upstream's examples write it, means its defaults.
+    otlp: Annotated[OTLPConfig, Defaulted] = Field(default_factory=OTLPConfig)
     """How data reaches each backend: OTLP over gRPC, with the otlp exporter's options."""
-
-    @field_validator("otlp", mode="before")
-    @classmethod
-    def _null_is_defaults(cls, value: Any) -> Any:
-        # `otlp:` with nothing after it, as upstream's examples write it.
-        return {} if value is None else value
 
 
 class StaticResolverConfig(ComponentConfig):

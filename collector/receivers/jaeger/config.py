@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from collector.core.auth import AuthConfig
-from collector.core.config_types import ComponentConfig, ListenEndpoint
+from collector.core.config_types import (
+    ComponentConfig,
+    Defaulted,
+    ListenEndpoint,
+    null_is_defaults,
+)
 from collector.core.tls import TLSServerConfig
 
 _MIB = 1024 * 1024
-
-
-def _null_is_defaults(value: object) -> object:
-    # `thrift_http:` with nothing after it is YAML null and means "enabled, with defaults".
-    return {} if value is None else value
-
-
-_Defaulted = BeforeValidator(_null_is_defaults)
 
 
 class GrpcConfig(ComponentConfig):
@@ -84,27 +81,27 @@ class ThriftCompactConfig(UdpConfig):
 
 
 class Protocols(ComponentConfig):
-    grpc: Annotated[GrpcConfig | None, _Defaulted] = None
+    grpc: Annotated[GrpcConfig | None, Defaulted] = None
     """Jaeger's gRPC collector API. Present (even empty) enables it; absent disables it."""
-    thrift_http: Annotated[ThriftHttpConfig | None, _Defaulted] = None
+    thrift_http: Annotated[ThriftHttpConfig | None, Defaulted] = None
     """Jaeger's HTTP collector API (Thrift over HTTP). Present (even empty) enables it."""
-    thrift_binary: Annotated[ThriftBinaryConfig | None, _Defaulted] = None
+    thrift_binary: Annotated[ThriftBinaryConfig | None, Defaulted] = None
     """The Jaeger agent's UDP protocol, Thrift binary encoding. Present (even empty) enables
     it."""
-    thrift_compact: Annotated[ThriftCompactConfig | None, _Defaulted] = None
+    thrift_compact: Annotated[ThriftCompactConfig | None, Defaulted] = None
     """The Jaeger agent's UDP protocol, Thrift compact encoding. Present (even empty) enables
     it."""
 
 
 class Config(ComponentConfig):
-    protocols: Annotated[Protocols, _Defaulted] = Field(default_factory=Protocols)
+    protocols: Annotated[Protocols, Defaulted] = Field(default_factory=Protocols)
     """The protocols to serve; at least one of grpc, thrift_http, thrift_binary and
     thrift_compact must be set."""
 
     @model_validator(mode="before")
     @classmethod
     def _no_remote_sampling(cls, data: object) -> object:
-        data = _null_is_defaults(data)
+        data = null_is_defaults(data)
         if isinstance(data, dict) and "remote_sampling" in data:
             raise ValueError(
                 "remote_sampling is not supported: the Jaeger receiver takes spans only (the "
