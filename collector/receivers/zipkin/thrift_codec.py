@@ -3,20 +3,18 @@
 pure-Python protocol into model.py's v1 spans.
 
 The tables below are the IDL: field ids and wire types as zipkinCore.thrift declares them
-(none is required). As Thrift's generated readers do, a field with an unknown id or an
-unexpected wire type is skipped. Any malformed input is a ValueError, whatever the library
-raised: bodies come from the network.
+(none is required), read by core/thrift_input.py.
 """
 
 from __future__ import annotations
 
 import base64
 import struct
-from typing import Any, NamedTuple
+from typing import Any
 
 from thrift.Thrift import TType
 
-from collector.core.thrift_input import protocol
+from collector.core.thrift_input import BINARY, Field, Struct, decoding, protocol, read_list
 from collector.receivers.zipkin.model import (
     BinaryAnnotation,
     Endpoint,
@@ -27,47 +25,47 @@ from collector.receivers.zipkin.model import (
     nonzero,
 )
 
-_BINARY = "binary"  # a STRING on the wire that is bytes, not text
-
-
-class _Field(NamedTuple):
-    name: str
-    wire_type: int
-    of: Any = None
-    """The struct of a STRUCT field or of a LIST's elements; _BINARY for bytes."""
-
-
-_Struct = dict[int, _Field]
-
-ENDPOINT: _Struct = {
-    1: _Field("ipv4", TType.I32),
-    2: _Field("port", TType.I16),
-    3: _Field("service_name", TType.STRING),
-    4: _Field("ipv6", TType.STRING, _BINARY),
-}
-ANNOTATION: _Struct = {
-    1: _Field("timestamp", TType.I64),
-    2: _Field("value", TType.STRING),
-    3: _Field("host", TType.STRUCT, ENDPOINT),
-}
-BINARY_ANNOTATION: _Struct = {
-    1: _Field("key", TType.STRING),
-    2: _Field("value", TType.STRING, _BINARY),
-    3: _Field("annotation_type", TType.I32),
-    4: _Field("host", TType.STRUCT, ENDPOINT),
-}
-SPAN: _Struct = {
-    1: _Field("trace_id", TType.I64),
-    3: _Field("name", TType.STRING),
-    4: _Field("id", TType.I64),
-    5: _Field("parent_id", TType.I64),
-    6: _Field("annotations", TType.LIST, ANNOTATION),
-    8: _Field("binary_annotations", TType.LIST, BINARY_ANNOTATION),
-    9: _Field("debug", TType.BOOL),
-    10: _Field("timestamp", TType.I64),
-    11: _Field("duration", TType.I64),
-    12: _Field("trace_id_high", TType.I64),
-}
+ENDPOINT = Struct(
+    "Endpoint",
+    {
+        1: Field("ipv4", TType.I32),
+        2: Field("port", TType.I16),
+        3: Field("service_name", TType.STRING),
+        4: Field("ipv6", TType.STRING, BINARY),
+    },
+)
+ANNOTATION = Struct(
+    "Annotation",
+    {
+        1: Field("timestamp", TType.I64),
+        2: Field("value", TType.STRING),
+        3: Field("host", TType.STRUCT, ENDPOINT),
+    },
+)
+BINARY_ANNOTATION = Struct(
+    "BinaryAnnotation",
+    {
+        1: Field("key", TType.STRING),
+        2: Field("value", TType.STRING, BINARY),
+        3: Field("annotation_type", TType.I32),
+        4: Field("host", TType.STRUCT, ENDPOINT),
+    },
+)
+SPAN = Struct(
+    "Span",
+    {
+        1: Field("trace_id", TType.I64),
+        3: Field("name", TType.STRING),
+        4: Field("id", TType.I64),
+        5: Field("parent_id", TType.I64),
+        6: Field("annotations", TType.LIST, ANNOTATION),
+        8: Field("binary_annotations", TType.LIST, BINARY_ANNOTATION),
+        9: Field("debug", TType.BOOL),
+        10: Field("timestamp", TType.I64),
+        11: Field("duration", TType.I64),
+        12: Field("trace_id_high", TType.I64),
+    },
+)
 
 # zipkinCore.thrift's AnnotationType.
 BOOL, BYTES, I16, I32, I64, DOUBLE, STRING = range(7)
@@ -83,14 +81,7 @@ _ID = struct.Struct(">q")
 def decode(body: bytes) -> list[V1Span]:
     """The spans of a Thrift `list<Span>`; ValueError saying what is wrong."""
     reader = protocol(body)
-    try:
-        raw = _read_list(reader, SPAN)
-    except ValueError:
-        raise
-    # The library raises TProtocolException, TTransportException, EOFError, struct.error and
-    # others on malformed input; whichever it is, the input is what is wrong.
-    except Exception as e:
-        raise ValueError(f"malformed Thrift: {type(e).__name__}: {e}") from None
+    raw = decoding(lambda: read_list(reader, SPAN))
     spans = []
     for i, values in enumerate(raw):
         try:
@@ -98,50 +89,6 @@ def decode(body: bytes) -> list[V1Span]:
         except ValueError as e:
             raise ValueError(f"span {i}: {e}") from None
     return spans
-
-
-def _read_list(protocol, of: _Struct) -> list[dict[str, Any]]:
-    element_type, size = protocol.readListBegin()
-    if element_type != TType.STRUCT:
-        raise ValueError(f"expected a list of structs, got elements of wire type {element_type}")
-    items = [_read_struct(protocol, of) for _ in range(size)]
-    protocol.readListEnd()
-    return items
-
-
-def _read_struct(protocol, fields: _Struct) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    protocol.readStructBegin()
-    while True:
-        _, wire_type, field_id = protocol.readFieldBegin()
-        if wire_type == TType.STOP:
-            break
-        field = fields.get(field_id)
-        if field is None or field.wire_type != wire_type:
-            protocol.skip(wire_type)
-        else:
-            values[field.name] = _read_value(protocol, field)
-        protocol.readFieldEnd()
-    protocol.readStructEnd()
-    return values
-
-
-def _read_value(protocol, field: _Field) -> Any:
-    wire_type = field.wire_type
-    if wire_type == TType.STRING:
-        data = protocol.readBinary()
-        return data if field.of is _BINARY else data.decode("utf-8", "replace")
-    if wire_type == TType.I64:
-        return protocol.readI64()
-    if wire_type == TType.I32:
-        return protocol.readI32()
-    if wire_type == TType.I16:
-        return protocol.readI16()
-    if wire_type == TType.BOOL:
-        return protocol.readBool()
-    if wire_type == TType.STRUCT:
-        return _read_struct(protocol, field.of)
-    return _read_list(protocol, field.of)
 
 
 # --- structs to the model ---------------------------------------------------------------------
