@@ -32,6 +32,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from prometheus_client import CollectorRegistry
 from pydantic import Field, field_validator
 
+from collector.core import tasks
 from collector.core.config_types import ComponentConfig
 from collector.core.pdata import Logs, Metrics, set_attr
 
@@ -323,11 +324,7 @@ class TelemetryPush:
 
     async def shutdown(self, limit: float = _FINAL_PUSH_S) -> None:
         """Push what is left once, within `limit` seconds, then stop."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.cancel(self._tasks)
         self._tasks.clear()
         if self._session is None:
             return

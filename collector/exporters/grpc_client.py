@@ -28,6 +28,7 @@ import h2.settings
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from collector.core import tasks
 from collector.core.auth import ClientAuthenticator, with_auth_headers
 from collector.core.consumer import ConsumerError, PermanentError, RetryableError
 
@@ -339,9 +340,7 @@ class GrpcChannel:
                 connection.h2.close_connection()
                 connection.flush()
             connection.fail("channel closed")
-            connection.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connection.task
+            await tasks.cancel([connection.task])
 
 
 def _text(headers) -> dict[str, str]:

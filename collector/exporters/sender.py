@@ -19,7 +19,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
-from collector.core import client
+from collector.core import client, tasks
 from collector.core.client import ClientInfo
 from collector.core.component import Host, Settings
 from collector.core.config_types import ComponentConfig, Duration, format_duration
@@ -364,11 +364,7 @@ class Sender:
                 self._log.error(
                     f"shutdown interrupted; dropping {left} {self._items} still queued or in flight"
                 )
-            for task in self._workers:
-                task.cancel()
-            for task in self._workers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await tasks.cancel(self._workers)
             self._workers = []
 
     async def _consume_queue(self, queue: asyncio.Queue) -> None:

@@ -15,7 +15,6 @@ is dropped silently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -25,6 +24,7 @@ from pathlib import Path
 import psutil
 from pydantic import Field, model_validator
 
+from collector.core import tasks
 from collector.core.component import Factory, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer, RetryableError
@@ -167,11 +167,8 @@ class MemoryLimiter(Processor):
             self._task = asyncio.create_task(self._run(), name=f"{self.settings.id} check")
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel([self._task])
+        self._task = None
 
     async def _run(self) -> None:
         while True:

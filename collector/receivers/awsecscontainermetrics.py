@@ -50,7 +50,6 @@ aws.ecs.container.exit_code. Attributes the documents do not carry are left out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -63,6 +62,7 @@ import aiohttp
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from pydantic import Field
 
+from collector.core import tasks
 from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer, PermanentError, RetryableError
@@ -409,11 +409,8 @@ class EcsContainerMetricsReceiver:
         self._loop = asyncio.create_task(self._collect_forever())
 
     async def shutdown(self) -> None:
-        if self._loop is not None:
-            loop, self._loop = self._loop, None
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        loop, self._loop = self._loop, None
+        await tasks.cancel([loop])
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()

@@ -18,7 +18,6 @@ message instead. `httpcheck.response.size` (bytes) is off by default.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import aiohttp
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from pydantic import Field, field_validator, model_validator
 
+from collector.core import tasks
 from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer
@@ -159,11 +159,8 @@ class HttpCheckReceiver:
         self._task = asyncio.create_task(self._run(), name="httpcheck")
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel([self._task])
+        self._task = None
         for _, session in self._sessions:
             await session.close()
         self._sessions.clear()

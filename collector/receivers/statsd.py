@@ -16,7 +16,6 @@ too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from typing import Literal
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 from pydantic import Field, model_validator
 
+from collector.core import tasks
 from collector.core.component import Factory, Host, Kind, Settings, Stability
 from collector.core.config_types import ComponentConfig, Duration, ListenEndpoint
 from collector.core.consumer import Consumer
@@ -193,9 +193,7 @@ class StatsdReceiver:
             self._transport.close()
             self._transport = None
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await tasks.cancel([self._flusher])
             self._flusher = None
             await self.flush()  # what was aggregated is sent, not lost
         self._drops.flush()

@@ -7,10 +7,10 @@ resolution (`on_update`) and reports whether each resolution worked (`on_resolut
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 
+from collector.core import tasks
 from collector.core.config_types import format_duration
 from collector.exporters.loadbalancing.config import DNSResolverConfig, check_host_port
 
@@ -107,8 +107,5 @@ class DNSResolver:
             await self.resolve()
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel([self._task])
+        self._task = None

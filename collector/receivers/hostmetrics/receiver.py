@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ import collector.receivers.hostmetrics.paging as paging_scraper
 import collector.receivers.hostmetrics.process as process_scraper
 import collector.receivers.hostmetrics.processes as processes_scraper
 import collector.receivers.hostmetrics.system as system_scraper
+from collector.core import tasks
 from collector.core.component import Host, Settings
 from collector.core.config_types import ComponentConfig, Duration
 from collector.core.consumer import Consumer
@@ -175,11 +175,8 @@ class HostMetricsReceiver:
             await asyncio.sleep(self.config.collection_interval)
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.cancel([self._task])
+        self._task = None
 
 
 def _check_root(root: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import aiohttp
 
+from collector.core import tasks
 from collector.core.component import Host, Settings
 from collector.core.consumer import Consumer
 from collector.core.pdata import count_items
@@ -151,12 +152,7 @@ class PrometheusReceiver:
             )
 
     async def shutdown(self) -> None:
-        tasks = [*self._tasks, *self._loops.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.cancel([*self._tasks, *self._loops.values()])
         self._tasks.clear()
         self._loops.clear()
         for job in self._jobs:
