@@ -35,17 +35,24 @@ CONFIG = {
                 "thrift_http": {"endpoint": "127.0.0.1:0"},
             }
         },
+        "zipkin": {"endpoint": "127.0.0.1:0"},
     },
-    "exporters": {"debug": {}, "prometheus": {"endpoint": "127.0.0.1:0"}},
+    "exporters": {"debug": {}, "coldtail_ui": {}, "prometheus": {"endpoint": "127.0.0.1:0"}},
     "extensions": {
         "health_check": {"endpoint": "127.0.0.1:0"},
         "awsproxy": {"endpoint": "127.0.0.1:0", "region": "eu-west-1"},
+        "coldtail_ui": {"endpoint": "127.0.0.1:0"},
+        "zpages": {"endpoint": "127.0.0.1:0"},
+        "pprof": {"endpoint": "127.0.0.1:0"},
     },
     "service": {
-        "extensions": ["health_check", "awsproxy"],
+        "extensions": ["health_check", "awsproxy", "coldtail_ui", "zpages", "pprof"],
         "telemetry": {"metrics": {"address": "127.0.0.1:0"}},
         "pipelines": {
-            "traces": {"receivers": ["otlp", "lambda_telemetry", "jaeger"], "exporters": ["debug"]},
+            "traces": {
+                "receivers": ["otlp", "lambda_telemetry", "jaeger", "zipkin"],
+                "exporters": ["debug", "coldtail_ui"],
+            },
             "metrics": {"receivers": ["otlp", "statsd"], "exporters": ["prometheus"]},
         },
     },
@@ -95,6 +102,10 @@ def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
         ("receivers::jaeger::protocols::grpc::endpoint", "tcp"),
         ("receivers::jaeger::protocols::thrift_http::endpoint", "tcp"),
         ("extensions::awsproxy::endpoint", "tcp"),
+        ("receivers::zipkin::endpoint", "tcp"),
+        ("extensions::coldtail_ui::endpoint", "tcp"),
+        ("extensions::zpages::endpoint", "tcp"),
+        ("extensions::pprof::endpoint", "tcp"),
     ],
 )
 def test_a_taken_port_is_one_line_naming_the_key_to_change(config, key, transport):
@@ -172,8 +183,8 @@ def test_the_banner_says_version_sources_pipelines_and_listeners(config):
         assert lines[1] == f"config:     {config}"
         assert lines[2] == "set:        processors::batch::timeout"  # its key, not its value
         assert lines[3] == "pipelines:  metrics: otlp, statsd -> prometheus"  # as the file orders
-        assert lines[4] == "traces: otlp, lambda_telemetry, jaeger -> debug"
-        assert "extensions: health_check, awsproxy" in lines
+        assert lines[4] == "traces: otlp, lambda_telemetry, jaeger, zipkin -> debug, coldtail_ui"
+        assert "extensions: health_check, awsproxy, coldtail_ui, zpages, pprof" in lines
         # The last part of the block: "listening:  ADDRESS  OWNER", then "ADDRESS  OWNER".
         first = next(i for i, line in enumerate(lines) if line.startswith("listening:"))
         entries = [line.removeprefix("listening:").strip() for line in lines[first:]]
