@@ -7,7 +7,7 @@ import asyncio
 import errno
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -32,8 +32,17 @@ _REASONS = {
 }
 
 
+def _system_error(error: OSError) -> OSError:
+    """The system's own error behind `error`: uvloop raises one without an errno ("could not
+    bind to local_addr") raised from it."""
+    while error.errno is None and isinstance(error.__cause__, OSError):
+        error = error.__cause__
+    return error
+
+
 def listen_reason(error: OSError) -> str:
     """Why a bind failed, in a few words."""
+    error = _system_error(error)
     known = _REASONS.get(error.errno or 0)
     return known or (error.strerror or str(error)).lower()
 
@@ -46,7 +55,8 @@ class ListenError(OSError):
     def __init__(
         self, endpoint: str, error: OSError, transport: str = "tcp", key: str | None = None
     ) -> None:
-        super().__init__(error.errno, error.strerror or str(error))
+        system = _system_error(error)
+        super().__init__(system.errno, system.strerror or str(system))
         self.endpoint, self.transport, self.key = endpoint, transport, key
         self.reason = listen_reason(error)
 
@@ -131,6 +141,6 @@ async def listen_udp(
 def bound_port(site: web.TCPSite) -> int:
     """The port a started aiohttp site listens on: the one the system chose when 0 was asked
     for. aiohttp keeps the server private."""
-    server = site._server
-    assert isinstance(server, asyncio.Server), "site not started"
+    server: Any = site._server  # asyncio's Server or uvloop's: both have `sockets`
+    assert server is not None, "site not started"
     return server.sockets[0].getsockname()[1]

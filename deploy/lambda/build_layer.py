@@ -52,7 +52,8 @@ GLIBC_MINORS = range(34, 16, -1)
 # bcrypt is imported only by the basicauth extension, for htpasswd entries hashed with bcrypt;
 # thrift only by the jaeger receiver and zipkin's v1 Thrift bodies, confluent-kafka (16 MB)
 # only by the kafka components.
-# argcomplete completes the command line in a shell, which a Lambda function has not.
+# argcomplete completes the command line in a shell, which a Lambda function has not; uvloop
+# runs `coldtail run`'s event loop, not the extension's.
 EXCLUDED = {
     "grpcio",
     "h2",
@@ -63,6 +64,7 @@ EXCLUDED = {
     "thrift",
     "confluent-kafka",
     "argcomplete",
+    "uvloop",
 }
 # Not needed at run time: tests, tooling, type stubs and C sources.
 PRUNE_DIRS = {"tests", "test", "__pycache__", "bin", "include"}

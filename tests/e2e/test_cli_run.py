@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
@@ -201,11 +202,23 @@ def test_the_banner_says_version_sources_pipelines_and_listeners(config):
         # The listeners' own lines are folded into the banner, not repeated.
         assert not any(line.endswith("OTLP/gRPC listening") for line in collector.lines)
         assert "everything is ready" in collector.lines[-1]
+        # Every listener above runs on uvloop's event loop: its extension module is loaded.
+        assert "/uvloop/loop." in Path(f"/proc/{collector.proc.pid}/maps").read_text()
         # The health check's uptime is a rounded Go duration.
         health = listening["extension health_check"]
         body = json.load(urllib.request.urlopen(f"http://{health}/", timeout=5))
         assert re.fullmatch(GO_DURATION, body["uptime"]), body
         assert collector.stop() == 0
+
+
+def test_the_event_loop_is_asyncios_where_uvloop_is_missing(monkeypatch):
+    import uvloop
+
+    from collector.cli import event_loop_factory
+
+    assert event_loop_factory() is uvloop.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: ImportError
+    assert event_loop_factory() is None
 
 
 def test_a_second_signal_during_the_shutdown_exits_at_once(tmp_path):

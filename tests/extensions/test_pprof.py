@@ -4,7 +4,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from tests.e2e.test_sdk_to_file import make_spans
 from tests.support.process import CollectorProcess, free_port
@@ -38,20 +38,27 @@ service:
         base = f"http://127.0.0.1:{port}/debug/pprof"
         stop = threading.Event()
 
-        def load() -> None:
-            exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{http}/v1/traces")
-            spans = make_spans()
-            while not stop.is_set():
-                exporter.export(spans)
-            exporter.shutdown()
+        # Large requests, encoded once by the SDK: the collector's main thread is kept busy
+        # enough for 2 s of samples to catch the receiver's handler, however fast it is.
+        body = encode_spans(make_spans() * 1000).SerializeToString()
 
-        sender = threading.Thread(target=load)
-        sender.start()
+        def load() -> None:
+            url = f"http://127.0.0.1:{http}/v1/traces"
+            headers = {"Content-Type": "application/x-protobuf"}
+            while not stop.is_set():
+                request = urllib.request.Request(url, data=body, headers=headers)
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    assert response.status == 200
+
+        senders = [threading.Thread(target=load) for _ in range(2)]
+        for sender in senders:
+            sender.start()
         try:
             status, folded = get(f"{base}/profile?seconds=2")
         finally:
             stop.set()
-            sender.join()
+            for sender in senders:
+                sender.join()
         assert status == 200
         lines = folded.splitlines()
         assert lines and all(line.rsplit(" ", 1)[1].isdigit() for line in lines)
