@@ -1,6 +1,8 @@
 """The throughput benchmark's backend, in a process of its own so that parsing what the
 collectors send never delays the load generator's clock: an OTLP/gRPC trace endpoint that parses
-each request and counts its spans, and `GET /spans` on a second port answering that count.
+each request and counts its spans, and on a second port OTLP/HTTP protobuf's `POST /v1/traces`,
+which does the same, and `GET /spans` answering that count. A client sending straight to it
+measures the round trip without a collector in between.
 
     python -m bench.sink    # prints "<grpc port> <control port>", then serves until killed
 """
@@ -32,6 +34,11 @@ async def serve() -> None:
     async def count(_request: web.Request) -> web.Response:
         return web.Response(text=str(spans))
 
+    async def export_http(request: web.Request) -> web.Response:
+        nonlocal spans
+        spans += count_spans(Traces.FromString(await request.read()))
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     handler = grpc.unary_unary_rpc_method_handler(export)
     server.add_generic_rpc_handlers(
@@ -41,6 +48,7 @@ async def serve() -> None:
     await server.start()
     app = web.Application()
     app.router.add_get("/spans", count)
+    app.router.add_post("/v1/traces", export_http)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -50,15 +58,16 @@ async def serve() -> None:
 
 
 class SinkProcess:
-    """`python -m bench.sink` as a subprocess: `port` takes OTLP/gRPC, `spans()` counts."""
+    """`python -m bench.sink` as a subprocess: `port` takes OTLP/gRPC, `http_port` OTLP/HTTP,
+    `spans()` counts."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.sink"], stdout=subprocess.PIPE, text=True
         )
         assert self.proc.stdout is not None  # stdout=PIPE
-        self.port, control = map(int, self.proc.stdout.readline().split())
-        self._url = f"http://127.0.0.1:{control}/spans"
+        self.port, self.http_port = map(int, self.proc.stdout.readline().split())
+        self._url = f"http://127.0.0.1:{self.http_port}/spans"
         self._session = aiohttp.ClientSession()
 
     async def spans(self) -> int:

@@ -10,7 +10,9 @@ Runs alternate (Rotel, then each coldtail pipeline, again, ...) so that both see
 machine; the table shows medians. Per run: spans/s (wall), the collector's CPU seconds, spans
 per CPU-second, its peak RSS (VmHWM), and the p99 of the request round trip at half of the
 saturating rate: both collectors answer once the data is queued, so that is the time a collector
-holds its client.
+holds its client. The same requests at the same pace then go straight to the sink, which only
+parses them; the difference of the two p99s is what the collector adds (the client's own time
+on this shared machine is in both).
 
     python -m bench.throughput [--spans N] [--rounds N] [--protocols grpc,http]
 
@@ -198,6 +200,11 @@ class Run:
     cpu_s: float
     peak_rss_mib: float
     p99_half_load_ms: float
+    direct_p99_ms: float  # the same paced requests straight to the sink
+
+    @property
+    def added_p99_ms(self) -> float:
+        return self.p99_half_load_ms - self.direct_p99_ms
 
     @property
     def per_cpu_second(self) -> float:
@@ -253,13 +260,20 @@ async def measure(target: str, protocol: str, requests: list[bytes], workdir: Pa
             # Half of the saturating rate, for a few seconds at most.
             rate = spans / wall / SPANS_PER_REQUEST / 2
             paced = requests[: max(50, min(len(requests), int(rate * 3)))]
-            latencies = sorted(await client.paced(paced, rate))
-            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+            p99 = _p99(await client.paced(paced, rate))
+        async with Client(protocol, sink.port, sink.http_port) as direct:
+            await direct.saturate(requests[:20])
+            direct_p99 = _p99(await direct.paced(paced, rate))
         rss = _peak_rss_mib(process.proc.pid)
     finally:
         await asyncio.to_thread(process.stop)
         await sink.stop()
-    return Run(target, protocol, spans, wall, cpu, rss, p99 * 1000)
+    return Run(target, protocol, spans, wall, cpu, rss, p99 * 1000, direct_p99 * 1000)
+
+
+def _p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 def _median(runs: list[Run], field: str) -> float:
@@ -285,18 +299,20 @@ def report(runs: list[Run]) -> list[dict]:
                     "ratio_to_rotel": rate / peer_rate if peer_rate else None,
                     "peak_rss_mib": max(r.peak_rss_mib for r in mine),
                     "p99_half_load_ms": _median(mine, "p99_half_load_ms"),
+                    "added_p99_ms": _median(mine, "added_p99_ms"),
                 }
             )
     print(
         f"\n{'protocol':8} {'target':70} {'spans/s':>9} {'CPU-s':>6} {'spans/CPU-s':>11} "
-        f"{'ratio':>5} {'RSS MiB':>7} {'p99 ms':>6}"
+        f"{'ratio':>5} {'RSS MiB':>7} {'p99 ms':>6} {'added':>6}"
     )
     for row in rows:
         ratio = f"{row['ratio_to_rotel']:.2f}" if row["ratio_to_rotel"] else "-"
         print(
             f"{row['protocol']:8} {row['target']:70} {row['spans_per_s']:9,.0f} "
             f"{row['cpu_s']:6.2f} {row['spans_per_cpu_s']:11,.0f} {ratio:>5} "
-            f"{row['peak_rss_mib']:7.0f} {row['p99_half_load_ms']:6.1f}"
+            f"{row['peak_rss_mib']:7.0f} {row['p99_half_load_ms']:6.1f} "
+            f"{row['added_p99_ms']:6.1f}"
         )
     return rows
 
