@@ -4,7 +4,7 @@ each request and counts its spans, and on a second port OTLP/HTTP protobuf's `PO
 which does the same, and `GET /spans` answering that count. A client sending straight to it
 measures the round trip without a collector in between.
 
-    python -m bench.sink    # prints "<grpc port> <control port>", then serves until killed
+    python -m bench.sink    # prints "<grpc port> <http port>", then serves until killed
 """
 
 from __future__ import annotations

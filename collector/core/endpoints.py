@@ -33,8 +33,8 @@ _REASONS = {
 
 
 def _system_error(error: OSError) -> OSError:
-    """The system's own error behind `error`: uvloop raises one without an errno ("could not
-    bind to local_addr") raised from it."""
+    """The system's own error behind `error`: uvloop raises its own, without an errno ("could
+    not bind to local_addr"), from the system's."""
     while error.errno is None and isinstance(error.__cause__, OSError):
         error = error.__cause__
     return error
