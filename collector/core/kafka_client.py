@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from google.protobuf.message import DecodeError
 from pydantic import Field, field_validator, model_validator
 
 from collector.core import otlpjson
-from collector.core.config_types import ComponentConfig, Duration
+from collector.core.config_types import ComponentConfig, Defaulted, Duration
 from collector.core.pdata import REQUEST_TYPES, Encoded, check_ids
 from collector.core.signals import Signal
 
@@ -155,15 +155,10 @@ class AuthConfig(ComponentConfig):
     """SASL authentication (default none)."""
     plain_text: PlainTextConfig | None = None
     """Deprecated upstream: SASL PLAIN with these credentials (default none)."""
-    tls: TLSConfig | None = None
+    tls: Annotated[TLSConfig | None, Defaulted] = None
     """Deprecated upstream: the top-level `tls`, used when that is not set (default none)."""
     kerberos: dict[str, Any] | None = None
     """Not supported: Kerberos (GSSAPI) is refused with an error."""
-
-    @field_validator("tls", mode="before")
-    @classmethod
-    def _empty_tls(cls, value: object) -> object:
-        return {} if value is None else value
 
     @model_validator(mode="after")
     def _check(self) -> AuthConfig:
@@ -214,7 +209,7 @@ class ClientConfig(ComponentConfig):
     (default true)."""
     auth: AuthConfig = Field(default_factory=AuthConfig)
     """Authentication: `sasl` (PLAIN or SCRAM) and the deprecated `plain_text` and `tls`."""
-    tls: TLSConfig | None = None
+    tls: Annotated[TLSConfig | None, Defaulted] = None
     """Connect over TLS (default none: plain text). `tls:` with nothing under it turns TLS on
     with the system's trusted roots."""
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
@@ -235,11 +230,6 @@ class ClientConfig(ComponentConfig):
             if not host or not sep or not port.isdigit() or not 0 < int(port) <= 65535:
                 raise ValueError(f"invalid broker {broker!r}: expected host:port")
         return value
-
-    @field_validator("tls", mode="before")
-    @classmethod
-    def _empty_tls(cls, value: object) -> object:
-        return {} if value is None else value
 
     @field_validator("protocol_version")
     @classmethod
