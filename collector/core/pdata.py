@@ -31,6 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from collector.core import wire
 from collector.core.signals import Signal
 
 Traces = ExportTraceServiceRequest
@@ -85,7 +86,7 @@ class Encoded:
             return batch
         if items is None:
             items = count_items(batch)
-        return cls(signal_of(batch), batch.SerializeToString(), items)
+        return cls(signal_of(batch), wire.encode(batch), items)
 
     @classmethod
     def join(cls, parts: list) -> Encoded:

@@ -244,6 +244,7 @@ def _init_of(span: Span, found: dict) -> InitReport:
 class ColdStartProcessor(Processor):
     mutates_data = True
     attributes_only = True
+    marked_spans_only = True
 
     def __init__(
         self,

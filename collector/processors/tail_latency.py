@@ -212,6 +212,7 @@ class TailLatency(Processor):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(settings, config, signal, next)
+        self.marked_spans_only = config.spans == "entry"
         # Seconds; replaced in tests to drive the window.
         self.clock = clock
         self._sub_window = config.window / config.sub_windows

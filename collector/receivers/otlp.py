@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from collector.core import client, otlpjson
+from collector.core import client, otlpjson, wire
 from collector.core.auth import (
     AuthConfig,
     ServerAuthenticator,
@@ -493,7 +493,8 @@ class OtlpReceiver:
     async def _export_parts(self, signal: Signal, parts: list[_Part], transport: str):
         """Push the request's parts down the pipeline and return the export response; pipeline
         errors propagate, except a partial rejection, which the response reports. A part whose
-        encoding is known goes as such to pipelines that take bytes (pdata.Encoded)."""
+        encoding is known goes as such to pipelines that take bytes (pdata.Encoded); other
+        pipelines get it decoded, with that encoding kept for re-encoding (core.wire)."""
         response = RESPONSE_TYPES[signal]()
         accepted, refused = self._counters[signal, transport]
         counts = [part.items for part in parts]
@@ -503,8 +504,11 @@ class OtlpReceiver:
                 continue
             if i:
                 await asyncio.sleep(0)  # other clients' requests in between the parts
-            if data is not None and self._pass_bytes.get(signal):
-                batch = Encoded(signal, data, items)
+            if data is not None:
+                if self._pass_bytes.get(signal):
+                    batch = Encoded(signal, data, items)
+                else:
+                    wire.keep(batch, data)
             try:
                 await self.next[signal].consume(batch)
             except PermanentError as e:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -96,6 +98,7 @@ class Chromium:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its renderer and GPU processes are stopped with it
         )
         self._session = aiohttp.ClientSession()
         deadline = time.monotonic() + 30
@@ -131,8 +134,16 @@ class Chromium:
         if self._session is not None:
             await self._session.close()
         if self._proc is not None:
-            self._proc.kill()
+            # The whole group: a child left writing to the profile makes its removal fail.
+            os.killpg(self._proc.pid, signal.SIGKILL)
             await asyncio.to_thread(self._proc.wait)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(self._proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                await asyncio.sleep(0.05)
         if self._profile is not None:
             self._profile.cleanup()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collector.core import wire
 from collector.core.component import Settings
 from collector.core.consumer import Consumer
 from collector.core.pdata import count_items
@@ -18,6 +19,9 @@ class Processor:
     # Changes attributes only, never which items there are or a span's kind, parent or name:
     # the item count and the spans processors.internal.entries found stay true past it.
     attributes_only = False
+    # Changes nothing but the attributes of spans processors.internal.entries found: the batch's
+    # received wire form stays true past it but for those spans (core.wire).
+    marked_spans_only = False
 
     def __init__(self, settings: Settings, config, signal: Signal, next: Consumer) -> None:
         self.settings = settings
@@ -43,6 +47,8 @@ class Processor:
     async def consume(self, batch) -> None:
         n = count_items(batch)
         self._incoming.inc(n)
+        if self.mutates_data and not self.marked_spans_only:
+            wire.drop(batch)
         out = self.process(batch)
         if out is not None:
             await self.forward(out, n if out is batch and self.attributes_only else None)
@@ -52,7 +58,9 @@ class Processor:
         n = count_items(batch) if items is None else items
         if n == 0:
             return
-        if self.mutates_data and not self.attributes_only:
-            entries.forget(batch)
+        if self.mutates_data and not self.marked_spans_only:
+            wire.drop(batch)
+            if not self.attributes_only:
+                entries.forget(batch)
         await self.next.consume(batch)
         self._outgoing.inc(n)
