@@ -84,6 +84,7 @@ from collector.core.consumer import Consumer
 from collector.core.pdata import ENTRY_KINDS, duration_ns, iso_time_ns
 from collector.core.signals import Signal
 from collector.processors.internal.base import Processor
+from collector.processors.internal.by_resource import ByResource
 from collector.processors.internal.entries import INIT_SPAN_NAME, marked_spans
 
 INSTRUMENTATION = SOURCE_INSTRUMENTATION
@@ -268,6 +269,7 @@ class ColdStartProcessor(Processor):
         self._evicted_ttl = metrics.evictions.labels(**labels, reason="ttl")
         self._cold_starts = {s: metrics.cold_starts.labels(**labels, source=s) for s in SOURCES}
         self._lru_evictions = 0  # since the last batch ended
+        self._resource = ByResource(self._classify)
 
     def process(self, batch):
         now = self.clock()
@@ -279,7 +281,7 @@ class ColdStartProcessor(Processor):
         for rs, spans in marked_spans(batch):
             if not spans:
                 continue
-            resource = self._classify(rs.resource.attributes)
+            resource = self._resource(rs.resource)
             if resource is None:
                 continue
             for span in spans:
@@ -307,11 +309,11 @@ class ColdStartProcessor(Processor):
         self._tracked.set(len(self.environments))
         return batch
 
-    def _classify(self, attrs) -> _Resource | None:
+    def _classify(self, resource) -> _Resource | None:
         """None for a resource that is neither Lambda nor ECS."""
         values: dict[str, AnyValue] = {}
         faas = ecs = False
-        for kv in attrs:
+        for kv in resource.attributes:
             key = kv.key
             if key in _RESOURCE_KEYS:
                 values[key] = kv.value

@@ -69,6 +69,7 @@ from collector.core.pdata import any_value_to_python, entry_spans, set_attr
 from collector.core.signals import Signal
 from collector.core.sketch import DEFAULT_RELATIVE_ACCURACY, WindowedSketch
 from collector.processors.internal.base import Processor
+from collector.processors.internal.by_resource import ByResource
 from collector.processors.internal.entries import marked_spans
 
 SPAN_NAME = "span.name"
@@ -224,6 +225,7 @@ class TailLatency(Processor):
         pseudo = {SPAN_NAME, SPAN_KIND, COLD_START}
         self._attr_dimensions = frozenset(d for d in self._dimensions if d not in pseudo)
         self._wanted = self._attr_dimensions | {HTTP_ROUTE, COLD_START, FAAS_COLDSTART}
+        self._resource = ByResource(self._dimensions_of)
         self._base_labels = {"processor": str(settings.id), "pipeline": settings.pipeline}
         self._min_count = max(1, config.min_samples)
         self._series: OrderedDict[tuple[str, ...], _Series] = OrderedDict()
@@ -249,14 +251,16 @@ class TailLatency(Processor):
         for rs, spans in spans_by_resource:
             if not spans:
                 continue
-            resource = {
-                kv.key: _text(kv.value)
-                for kv in rs.resource.attributes
-                if kv.key in self._attr_dimensions
-            }
+            resource = self._resource(rs.resource)
             for span in spans:
                 self._observe(span, resource, epoch)
         return batch
+
+    def _dimensions_of(self, resource) -> dict[str, str]:
+        """The resource attributes among the dimensions, as label values."""
+        return {
+            kv.key: _text(kv.value) for kv in resource.attributes if kv.key in self._attr_dimensions
+        }
 
     def _observe(self, span: Span, resource: dict[str, str], epoch: int) -> None:
         wanted = self._wanted
