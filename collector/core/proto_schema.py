@@ -41,3 +41,16 @@ def message_classes(
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{file.package}.{name}"))
         for name in names
     }
+
+
+def view_class(package: str, messages: dict[str, list[Field]]) -> type[Message]:
+    """The first of `messages` (name -> fields, proto3, in a file of their own): a view of a
+    larger message, declaring only what is read of it. Type names in fields are
+    `.<package>.<name>`."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"{package.replace('.', '_')}.proto", package=package, syntax="proto3"
+    )
+    for name, fields in messages.items():
+        add_fields(file.message_type.add(name=name), fields)
+    root = next(iter(messages))
+    return message_classes(file, [root])[root]

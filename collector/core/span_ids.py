@@ -22,10 +22,9 @@ import functools
 import re
 from typing import Any
 
-from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 
-from collector.core.proto_schema import OPTIONAL, REPEATED, F, add_fields, message_classes
+from collector.core.proto_schema import OPTIONAL, REPEATED, F, view_class
 
 _SPANS = re.compile(
     rb"(?:\x12\x1c\x0a\x10.{16}\x12\x08.{8}|\x12\x26\x0a\x10.{16}\x12\x08.{8}\x22\x08.{8})*",
@@ -37,22 +36,22 @@ _SPANS = re.compile(
 def _view() -> type[Message]:
     """ExportTraceServiceRequest with nothing but the path to each span's ids and links (field
     numbers as in OTLP's trace.proto)."""
-    file = descriptor_pb2.FileDescriptorProto(
-        name="coldtail_span_ids.proto", package="coldtail.span_ids", syntax="proto3"
+    return view_class(
+        "coldtail.span_ids",
+        {
+            "Request": [
+                ("resource_spans", 1, F.TYPE_MESSAGE, REPEATED, ".coldtail.span_ids.Resource")
+            ],
+            "Resource": [("scope_spans", 2, F.TYPE_MESSAGE, REPEATED, ".coldtail.span_ids.Scope")],
+            "Scope": [("spans", 2, F.TYPE_MESSAGE, REPEATED, ".coldtail.span_ids.Span")],
+            "Span": [
+                ("trace_id", 1, F.TYPE_BYTES, OPTIONAL, ""),
+                ("span_id", 2, F.TYPE_BYTES, OPTIONAL, ""),
+                ("parent_span_id", 4, F.TYPE_BYTES, OPTIONAL, ""),
+                ("links", 13, F.TYPE_BYTES, REPEATED, ""),
+            ],
+        },
     )
-    for name, fields in {
-        "Request": [("resource_spans", 1, F.TYPE_MESSAGE, REPEATED, ".coldtail.span_ids.Resource")],
-        "Resource": [("scope_spans", 2, F.TYPE_MESSAGE, REPEATED, ".coldtail.span_ids.Scope")],
-        "Scope": [("spans", 2, F.TYPE_MESSAGE, REPEATED, ".coldtail.span_ids.Span")],
-        "Span": [
-            ("trace_id", 1, F.TYPE_BYTES, OPTIONAL, ""),
-            ("span_id", 2, F.TYPE_BYTES, OPTIONAL, ""),
-            ("parent_span_id", 4, F.TYPE_BYTES, OPTIONAL, ""),
-            ("links", 13, F.TYPE_BYTES, REPEATED, ""),
-        ],
-    }.items():
-        add_fields(file.message_type.add(name=name), fields)
-    return message_classes(file, ["Request"])["Request"]
 
 
 def well_formed(data: bytes) -> bool:

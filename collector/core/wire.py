@@ -81,17 +81,13 @@ def _view() -> type[Message]:
     """ExportTraceServiceRequest down to each span, which is left as bytes (field numbers as in
     OTLP's trace.proto)."""
     # Imported on first use: a Lambda extension's init does not pay for descriptor building.
-    from google.protobuf import descriptor_pb2
+    from collector.core.proto_schema import REPEATED, F, view_class
 
-    from collector.core.proto_schema import REPEATED, F, add_fields, message_classes
-
-    file = descriptor_pb2.FileDescriptorProto(
-        name="coldtail_wire.proto", package="coldtail.wire", syntax="proto3"
+    return view_class(
+        "coldtail.wire",
+        {
+            "Request": [("resource_spans", 1, F.TYPE_MESSAGE, REPEATED, ".coldtail.wire.Resource")],
+            "Resource": [("scope_spans", 2, F.TYPE_MESSAGE, REPEATED, ".coldtail.wire.Scope")],
+            "Scope": [("spans", 2, F.TYPE_BYTES, REPEATED, "")],
+        },
     )
-    for name, fields in {
-        "Request": [("resource_spans", 1, F.TYPE_MESSAGE, REPEATED, ".coldtail.wire.Resource")],
-        "Resource": [("scope_spans", 2, F.TYPE_MESSAGE, REPEATED, ".coldtail.wire.Scope")],
-        "Scope": [("spans", 2, F.TYPE_BYTES, REPEATED, "")],
-    }.items():
-        add_fields(file.message_type.add(name=name), fields)
-    return message_classes(file, ["Request"])["Request"]
