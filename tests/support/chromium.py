@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import os
 import shutil
@@ -135,7 +136,8 @@ class Chromium:
             await self._session.close()
         if self._proc is not None:
             # The whole group: a child left writing to the profile makes its removal fail.
-            os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # all of it gone already
+                os.killpg(self._proc.pid, signal.SIGKILL)
             await asyncio.to_thread(self._proc.wait)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
