@@ -58,7 +58,7 @@ class ListenError(OSError):
         system = _system_error(error)
         super().__init__(system.errno, system.strerror or str(system))
         self.endpoint, self.transport, self.key = endpoint, transport, key
-        self.reason = listen_reason(error)
+        self.reason = listen_reason(system)
 
     @property
     def address(self) -> str:

@@ -8,7 +8,7 @@ the received bytes with just those spans encoded again say the same: about 25 us
 What is kept is for that very batch object only, in a context variable: it follows the request
 down the pipeline and is dropped with the request's task, and concurrent requests never see each
 other's. It stays true while the only changes are to spans registered with `changed`; every other
-processor that changes data drops it as it takes and hands on the batch (Processor).
+processor that changes data drops it as it hands the batch on (Processor.forward).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class _Kept:
     def __init__(self, batch: object, data: bytes) -> None:
         self.batch = batch
         self.data = data
-        self.changed: list[list[Position]] = []
+        self.changed: list[Position] = []
 
 
 _KEPT: ContextVar[_Kept | None] = ContextVar("coldtail_wire", default=None)
@@ -50,10 +50,11 @@ def drop(batch) -> None:
 
 def changed(batch, spans: list[Position]) -> None:
     """The trace batch's `spans` may have changed (attributes only; never which spans there are):
-    its encoding encodes them again."""
+    its encoding encodes them again. They are all the spans that may change: a batch found again
+    names the same ones."""
     kept = _KEPT.get()
-    if kept is not None and kept.batch is batch and not any(s is spans for s in kept.changed):
-        kept.changed.append(spans)
+    if kept is not None and kept.batch is batch:
+        kept.changed = spans
 
 
 def encode(batch) -> bytes:
@@ -64,13 +65,12 @@ def encode(batch) -> bytes:
     if not kept.changed:
         return kept.data
     view: Any = _view().FromString(kept.data)
-    for spans in kept.changed:
-        scope: tuple[int, int] | None = None
-        encoded: Any = None
-        for r, s, i, span in spans:
-            if scope != (r, s):  # spans come in order: a scope's spans are fetched once
-                scope, encoded = (r, s), view.resource_spans[r].scope_spans[s].spans
-            encoded[i] = span.SerializeToString()
+    scope: tuple[int, int] | None = None
+    encoded: Any = None
+    for r, s, i, span in kept.changed:
+        if scope != (r, s):  # spans come in order: a scope's spans are fetched once
+            scope, encoded = (r, s), view.resource_spans[r].scope_spans[s].spans
+        encoded[i] = span.SerializeToString()
     # Fields the view does not declare (resources, scopes, schema urls) are kept as they came
     # and written after the declared ones: another order, the same message.
     return view.SerializeToString()

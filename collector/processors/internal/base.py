@@ -47,8 +47,6 @@ class Processor:
     async def consume(self, batch) -> None:
         n = count_items(batch)
         self._incoming.inc(n)
-        if self.mutates_data and not self.marked_spans_only:
-            wire.drop(batch)
         out = self.process(batch)
         if out is not None:
             await self.forward(out, n if out is batch and self.attributes_only else None)
