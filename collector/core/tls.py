@@ -1,6 +1,6 @@
 """TLS for listening components: the `tls` block of receivers (as the OTel Collector's
-configtls server settings) as an ssl context for aiohttp and as gRPC server credentials, both
-picking up renewed certificate files every `reload_interval`."""
+configtls server settings) as an ssl context for their HTTP and gRPC listeners, picking up
+renewed certificate files every `reload_interval`."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ import asyncio
 import contextlib
 import os
 import ssl
-import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from collector.core.config_types import ComponentConfig, Duration
-
-if TYPE_CHECKING:
-    import grpc
 
 
 class TLSServerConfig(ComponentConfig):
@@ -28,7 +24,7 @@ class TLSServerConfig(ComponentConfig):
     """CA certificates that client certificates must chain to; when set, clients without a
     valid certificate are refused (mutual TLS). Default empty: no client certificates."""
     min_version: Literal["1.2", "1.3"] = "1.2"
-    """Lowest TLS version accepted (default 1.2); gRPC always takes 1.2 and later."""
+    """Lowest TLS version accepted (default 1.2)."""
     reload_interval: Duration = Field(0.0, ge=0)
     """How often changed certificate files are read again, for certificates renewed in place
     (default 0 = never)."""
@@ -40,18 +36,15 @@ class _Files:
     def __init__(self, tls: TLSServerConfig) -> None:
         self.tls = tls
         self.stamp = self._stamp()
-        self.checked = time.monotonic()
 
     def _stamp(self) -> tuple[float, ...]:
         paths = [self.tls.cert_file, self.tls.key_file, self.tls.client_ca_file]
         return tuple(os.stat(p).st_mtime if p else 0.0 for p in paths)
 
-    def changed(self, every: float = 0.0) -> bool:
-        """Whether reloading is on and the files changed since last seen, looked at no more
-        often than `every` seconds."""
-        if not self.tls.reload_interval or time.monotonic() - self.checked < every:
+    def changed(self) -> bool:
+        """Whether reloading is on and the files changed since last seen."""
+        if not self.tls.reload_interval:
             return False
-        self.checked = time.monotonic()
         try:
             stamp = self._stamp()
         except OSError:
@@ -132,32 +125,3 @@ def _load(context: ssl.SSLContext, tls: TLSServerConfig) -> None:
             context.load_verify_locations(tls.client_ca_file)
         except ssl.SSLError as e:
             raise ValueError(f"tls::client_ca_file: no CA certificates: {e}") from None
-
-
-def grpc_server_credentials(tls: TLSServerConfig) -> grpc.ServerCredentials:
-    """gRPC server credentials; ValueError naming the key whose file is unusable."""
-    import grpc
-
-    def configuration() -> grpc.ServerCertificateConfiguration:
-        pair = (_read(tls.key_file, "key_file"), _read(tls.cert_file, "cert_file"))
-        ca = _read(tls.client_ca_file, "client_ca_file") if tls.client_ca_file else None
-        return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
-
-    ServerTLS(tls)  # the same checks, and their errors, as for HTTP
-    initial = configuration()
-    files = _Files(tls)
-
-    # Called by gRPC at each handshake; None keeps the current configuration.
-    def fetch() -> grpc.ServerCertificateConfiguration | None:
-        if not files.changed(every=tls.reload_interval):
-            return None
-        try:
-            return configuration()
-        except ValueError:  # a half-written file: the next check tries again
-            return None
-
-    return grpc.dynamic_ssl_server_credentials(
-        initial,
-        fetch,  # type: ignore[arg-type]  # grpc documents None as "no change"; its stub does not
-        require_client_authentication=bool(tls.client_ca_file),
-    )

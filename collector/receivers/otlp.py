@@ -9,12 +9,13 @@ pipeline error is 503 + Retry-After / UNAVAILABLE + RetryInfo, a permanent pipel
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from aiohttp import web
 from google.protobuf import duration_pb2
@@ -40,6 +41,7 @@ from collector.core.config_types import (
 )
 from collector.core.consumer import Consumer, PermanentError, RetryableError
 from collector.core.endpoints import ListenError, check_free, split_endpoint, with_port
+from collector.core.grpc_server import Call, GrpcServer, RpcError, ServerLimits
 from collector.core.http_body import RequestError, read_body
 from collector.core.memory import MemoryPressure
 from collector.core.pdata import (
@@ -57,10 +59,7 @@ from collector.core.pdata import (
     split_wire,
 )
 from collector.core.signals import Signal
-from collector.core.tls import ServerTLS, TLSServerConfig, grpc_server_credentials
-
-if TYPE_CHECKING:
-    import grpc
+from collector.core.tls import ServerTLS, TLSServerConfig
 
 _MIB = 1024 * 1024
 # The config keys of the two listeners, named when one cannot listen.
@@ -140,21 +139,19 @@ class KeepaliveConfig(ComponentConfig):
     )
     """What the server allows of clients' pings."""
 
-    def grpc_options(self) -> list[tuple[str, int]]:
-        """The grpc core channel arguments these settings are (unset ones left out)."""
+    def limits(self, base: ServerLimits) -> ServerLimits:
+        """`base` with these settings (unset ones left as gRPC's defaults)."""
         server, policy = self.server_parameters, self.enforcement_policy
-        durations = {
-            "grpc.max_connection_idle_ms": server.max_connection_idle,
-            "grpc.max_connection_age_ms": server.max_connection_age,
-            "grpc.max_connection_age_grace_ms": server.max_connection_age_grace,
-            "grpc.keepalive_time_ms": server.time,
-            "grpc.keepalive_timeout_ms": server.timeout,
-            "grpc.http2.min_recv_ping_interval_without_data_ms": policy.min_time,
-        }
-        options = [(key, int(value * 1000)) for key, value in durations.items() if value]
-        if policy.permit_without_stream:
-            options.append(("grpc.keepalive_permit_without_calls", 1))
-        return options
+        return dataclasses.replace(
+            base,
+            max_connection_idle=server.max_connection_idle,
+            max_connection_age=server.max_connection_age,
+            max_connection_age_grace=server.max_connection_age_grace,
+            keepalive_time=server.time or base.keepalive_time,
+            keepalive_timeout=server.timeout or base.keepalive_timeout,
+            min_ping_interval=policy.min_time or base.min_ping_interval,
+            permit_pings_without_calls=policy.permit_without_stream,
+        )
 
 
 class GrpcConfig(ComponentConfig):
@@ -403,7 +400,8 @@ class OtlpReceiver:
         self.log = settings.logger
         self.grpc_endpoint: str | None = None
         self.http_endpoint: str | None = None
-        self._grpc_server: grpc.aio.Server | None = None
+        self._grpc_server: GrpcServer | None = None
+        self._grpc_tls: ServerTLS | None = None
         self._http_runner: web.AppRunner | None = None
         self._http_tls: ServerTLS | None = None
         self._grpc_auth: ServerAuthenticator | None = None
@@ -445,6 +443,9 @@ class OtlpReceiver:
         if self._grpc_server is not None:
             server, self._grpc_server = self._grpc_server, None
             await server.stop(_SHUTDOWN_GRACE_S)
+        if self._grpc_tls is not None:
+            await self._grpc_tls.stop()
+            self._grpc_tls = None
         if self._http_runner is not None:
             runner, self._http_runner = self._http_runner, None
             await runner.cleanup()
@@ -531,85 +532,57 @@ class OtlpReceiver:
     # --- gRPC ---------------------------------------------------------------------------------
 
     async def _start_grpc(self, config: GrpcConfig) -> str:
-        # Imported only when gRPC is enabled: it costs ~80 ms of start-up, which a Lambda
-        # extension's init (HTTP only) would otherwise pay on every cold start.
-        import grpc
-
-        # A plain socket tries the port first: grpc reports a taken one only after logging
-        # it from its C core, which no setting here can quieten.
+        # A plain socket tries the port first, so that a taken one is named with its key.
         check_free(config.endpoint, key=_GRPC_KEY)
-        # Without this, grpc binds with SO_REUSEPORT and a second collector on the same port
-        # would silently take half the traffic instead of failing to start.
-        options = [("grpc.so_reuseport", 0)]
-        if config.max_recv_msg_size_mib:
-            options.append(("grpc.max_receive_message_length", config.max_recv_msg_size_mib * _MIB))
-        if config.max_concurrent_streams:
-            options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
+        limits = ServerLimits(
+            max_recv_msg_size=(config.max_recv_msg_size_mib or 4) * _MIB,
+            max_concurrent_streams=config.max_concurrent_streams,
+        )
         if config.keepalive is not None:
-            options.extend(config.keepalive.grpc_options())
-        server = self._grpc_server = grpc.aio.server(options=options)
-        for signal in self.next:
-            # Requests arrive as bytes and are parsed here, so undecodable ones can be answered
-            # with INVALID_ARGUMENT (grpc's own deserializer would report UNKNOWN).
-            handler: grpc.RpcMethodHandler[bytes, Any] = grpc.unary_unary_rpc_method_handler(
-                functools.partial(self._grpc_export, signal),
-                response_serializer=RESPONSE_TYPES[signal].SerializeToString,
-            )
-            server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(GRPC_SERVICES[signal], {"Export": handler}),)
-            )
+            limits = config.keepalive.limits(limits)
+        handlers = {
+            f"/{GRPC_SERVICES[signal]}/Export": functools.partial(self._grpc_export, signal)
+            for signal in self.next
+        }
+        server = self._grpc_server = GrpcServer(handlers, limits, self.log)
+        self._grpc_tls = ServerTLS.of(config.tls)
+        host, port = split_endpoint(config.endpoint)
         try:
-            if config.tls is None:
-                port = server.add_insecure_port(config.endpoint)
-            else:
-                port = server.add_secure_port(config.endpoint, grpc_server_credentials(config.tls))
-        except RuntimeError as e:
-            check_free(config.endpoint, key=_GRPC_KEY)  # taken since: say so, naming the key
-            raise OSError(f"cannot listen on {config.endpoint} for OTLP/gRPC: {e}") from None
-        await server.start()
+            port = await server.start(host, port, ServerTLS.context_of(self._grpc_tls))
+        except OSError as e:
+            raise ListenError(config.endpoint, e, key=_GRPC_KEY) from None
         return with_port(config.endpoint, port)
 
-    async def _grpc_export(self, signal: Signal, data: bytes, context: grpc.aio.ServicerContext):
-        import grpc  # already loaded by _start_grpc
-
+    async def _grpc_export(self, signal: Signal, call: Call) -> bytes:
         if self._grpc_auth is not None:
-            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            metadata = {k: v for k, v in call.metadata if isinstance(v, str)}
             try:
                 self._grpc_auth.authenticate(metadata)
             except Unauthenticated as e:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
-        refusal = self._pressure.admits(len(data))
+                raise RpcError(code_pb2.UNAUTHENTICATED, str(e)) from None
+        refusal = self._pressure.admits(len(call.message))
         if refusal is not None:
             status = _status(code_pb2.UNAVAILABLE, refusal, _PRESSURE_RETRY_S)
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                status.message,
-                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-            )
+            raise RpcError(status.code, status.message, status.SerializeToString())
         try:
-            parts = await self._decode(signal, data, _PROTOBUF)
+            parts = await self._decode(signal, call.message, _PROTOBUF)
         except (DecodeError, ValueError) as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise RpcError(code_pb2.INVALID_ARGUMENT, str(e)) from None
         try:
             sender = None
             if self.config.protocols.grpc and self.config.protocols.grpc.include_metadata:
-                pairs = context.invocation_metadata() or ()
-                sender = ClientInfo.of(
-                    context.peer(), [(k, v) for k, v in pairs if isinstance(v, str)]
-                )
-            return await self._export(signal, parts, "grpc", sender)
+                pairs = [(k, v) for k, v in call.metadata if isinstance(v, str)]
+                sender = ClientInfo.of(call.peer, pairs)
+            response = await self._export(signal, parts, "grpc", sender)
         except RetryableError as e:
             status = _status(code_pb2.UNAVAILABLE, str(e), _retry_after_s(e))
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                status.message,
-                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-            )
+            raise RpcError(status.code, status.message, status.SerializeToString()) from None
         except PermanentError as e:
-            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+            raise RpcError(code_pb2.INTERNAL, str(e)) from None
         except Exception as e:
             self.log.error("OTLP/gRPC export failed", exc_info=True)
-            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+            raise RpcError(code_pb2.INTERNAL, str(e)) from None
+        return response.SerializeToString()
 
     # --- HTTP ---------------------------------------------------------------------------------
 

@@ -44,10 +44,9 @@ ARCHS = {"x86_64": "x86_64", "arm64": "aarch64"}
 # Amazon Linux 2023 has glibc 2.34: wheels for any manylinux from 2.17 (manylinux2014) up to
 # that load there. pip does not derive the older tags from a newer one, so all are listed.
 GLIBC_MINORS = range(34, 16, -1)
-# Imported only by the `otlp` (gRPC) exporter (grpcio for its status codes, h2, isal), the
-# `otlp` receiver's gRPC protocol and the `prometheusremotewrite` exporter, none of which the
-# layer's pipeline uses (checked by tests/deploy/test_layer_build.py, which starts that pipeline
-# from each layer without them).
+# Imported only by the `otlp` (gRPC) exporter (grpcio for its status codes, h2, isal) and the
+# `prometheusremotewrite` exporter, neither of which the layer's pipeline uses (checked by
+# tests/deploy/test_layer_build.py, which starts that pipeline from each layer without them).
 # botocore (the sigv4auth extension's, imported only by it) ships with Lambda's Python runtimes.
 # bcrypt is imported only by the basicauth extension, for htpasswd entries hashed with bcrypt;
 # thrift only by the jaeger receiver and zipkin's v1 Thrift bodies, confluent-kafka (16 MB)

@@ -280,6 +280,8 @@ raw = confmap.load(
     [opt + "/config/lambda-extension.yaml"],
     [
         "receivers::otlp::protocols::http::endpoint=127.0.0.1:0",
+        # OTLP/gRPC is served without grpcio, which the layer leaves out.
+        "receivers::otlp::protocols::grpc::endpoint=127.0.0.1:0",
         "receivers::lambda_telemetry::endpoint=127.0.0.1:0",
     ],
 )

@@ -4,6 +4,7 @@ clients, on both transports, with good, bad and hostile requests."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 import resource
@@ -45,10 +46,11 @@ from opentelemetry.trace import Link, SpanKind, StatusCode
 from collector.core import client as client_info
 from collector.core import otlpjson
 from collector.core.consumer import PermanentError, RetryableError
+from collector.core.grpc_server import ServerLimits
 from collector.core.memory import MemoryPressure
 from collector.core.pdata import Encoded, Traces, count_items, get_attr, iter_spans
 from collector.core.signals import Signal
-from collector.receivers.otlp import Config, OtlpReceiver, factory
+from collector.receivers.otlp import Config, KeepaliveConfig, OtlpReceiver, factory
 from tests.support.builders import make_logs, make_metrics, make_traces
 from tests.support.components import StaticHost, make_settings
 from tests.support.sinks import ErrorConsumer, SinkConsumer
@@ -877,7 +879,7 @@ async def test_grpc_keepalive_settings_reach_the_server(serve, http):
     assert states == [grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.READY]
 
 
-def test_keepalive_maps_to_grpc_server_arguments():
+def test_keepalive_maps_to_the_servers_limits():
     config = Config.model_validate(
         {
             "protocols": {
@@ -892,12 +894,16 @@ def test_keepalive_maps_to_grpc_server_arguments():
     )
     keepalive = config.protocols.grpc.keepalive
     assert keepalive is not None
-    assert keepalive.grpc_options() == [
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ]
+    base = ServerLimits(max_recv_msg_size=1 << 20)
+    assert keepalive.limits(base) == dataclasses.replace(
+        base,
+        keepalive_time=30.0,
+        keepalive_timeout=5.0,
+        min_ping_interval=10.0,
+        permit_pings_without_calls=True,
+    )
+    # Unset durations keep gRPC's defaults.
+    assert KeepaliveConfig().limits(base) == base
 
 
 class ClientRecorder(SinkConsumer):

@@ -9,14 +9,16 @@ other pipeline error INTERNAL; without valid credentials when `auth` is set, UNA
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
 
+from google.rpc import code_pb2
+
+from collector.core import grpc_server
 from collector.core.auth import ServerAuthenticator, Unauthenticated, server_authenticator
 from collector.core.component import Host
 from collector.core.consumer import PermanentError, RetryableError
-from collector.core.endpoints import check_free, with_port
+from collector.core.endpoints import ListenError, check_free, split_endpoint, with_port
 from collector.core.pdata import Traces
-from collector.core.tls import grpc_server_credentials
+from collector.core.tls import ServerTLS
 from collector.receivers.jaeger.config import GrpcConfig
 from collector.receivers.jaeger.intake import GRPC, Intake
 from collector.receivers.jaeger.proto import (
@@ -26,9 +28,6 @@ from collector.receivers.jaeger.proto import (
     decode_post_spans,
 )
 from collector.receivers.jaeger.translate import traces
-
-if TYPE_CHECKING:
-    import grpc
 
 _MIB = 1024 * 1024
 _KEY = "protocols::grpc::endpoint"
@@ -48,76 +47,63 @@ class GrpcServer:
     def __init__(self, config: GrpcConfig, intake: Intake) -> None:
         self.config = config
         self.intake = intake
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc_server.GrpcServer | None = None
+        self._tls: ServerTLS | None = None
         self._auth: ServerAuthenticator | None = None
 
     async def start(self, host: Host) -> str:
         """The bound host:port; OSError when the endpoint cannot be listened on."""
-        import grpc
-
         self._auth = server_authenticator(host, self.config.auth)
         endpoint = self.config.endpoint
-        # A plain socket tries the port first: grpc reports a taken one only after logging it
-        # from its C core, which no setting here can quieten.
         check_free(endpoint, key=_KEY)
-        # Without this, grpc binds with SO_REUSEPORT and a second collector on the same port
-        # would silently take half the traffic instead of failing to start.
-        options: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
-        if self.config.max_recv_msg_size_mib:
-            options.append(
-                ("grpc.max_receive_message_length", self.config.max_recv_msg_size_mib * _MIB)
-            )
-        if self.config.max_concurrent_streams:
-            options.append(("grpc.max_concurrent_streams", self.config.max_concurrent_streams))
-        server = self._server = grpc.aio.server(options=options)
-        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
-            self._post_spans
+        limits = grpc_server.ServerLimits(
+            max_recv_msg_size=(self.config.max_recv_msg_size_mib or 4) * _MIB,
+            max_concurrent_streams=self.config.max_concurrent_streams,
         )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
+        server = self._server = grpc_server.GrpcServer(
+            {f"/{SERVICE}/{METHOD}": self._post_spans}, limits, self.intake.log
         )
+        self._tls = ServerTLS.of(self.config.tls)
+        bind_host, port = split_endpoint(endpoint)
         try:
-            if self.config.tls is None:
-                port = server.add_insecure_port(endpoint)
-            else:
-                port = server.add_secure_port(endpoint, grpc_server_credentials(self.config.tls))
-        except RuntimeError as e:
-            check_free(endpoint, key=_KEY)  # taken since: say so, naming the key
-            raise OSError(f"cannot listen on {endpoint} for Jaeger gRPC: {e}") from None
-        await server.start()
+            port = await server.start(bind_host, port, ServerTLS.context_of(self._tls))
+        except OSError as e:
+            raise ListenError(endpoint, e, key=_KEY) from None
         return with_port(endpoint, port)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(_SHUTDOWN_GRACE_S)
+        if self._tls is not None:
+            await self._tls.stop()
+            self._tls = None
 
-    async def _post_spans(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        import grpc  # already loaded by start
-
+    async def _post_spans(self, call: grpc_server.Call) -> bytes:
         if self._auth is not None:
-            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            metadata = {k: v for k, v in call.metadata if isinstance(v, str)}
             try:
                 self._auth.authenticate(metadata)
             except Unauthenticated as e:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+                raise grpc_server.RpcError(code_pb2.UNAUTHENTICATED, str(e)) from None
+        data = call.message
         refusal = self.intake.pressure.admits(len(data))
         if refusal is not None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, refusal)
+            raise grpc_server.RpcError(code_pb2.UNAVAILABLE, refusal)
         try:
             if len(data) > _DECODE_INLINE_BYTES:
                 batch = await asyncio.to_thread(decode, data)
             else:
                 batch = decode(data)
         except ValueError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise grpc_server.RpcError(code_pb2.INVALID_ARGUMENT, str(e)) from None
         try:
             await self.intake.consume(batch, GRPC)
         except RetryableError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            raise grpc_server.RpcError(code_pb2.UNAVAILABLE, str(e)) from None
         except PermanentError as e:
-            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+            raise grpc_server.RpcError(code_pb2.INTERNAL, str(e)) from None
         except Exception as e:
             self.intake.log.error("Jaeger gRPC export failed", exc_info=True)
-            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+            raise grpc_server.RpcError(code_pb2.INTERNAL, str(e)) from None
         return _EMPTY_RESPONSE
