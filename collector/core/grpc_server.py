@@ -2,14 +2,15 @@
 specification, PROTOCOL-HTTP2.md; HTTP/2 itself is RFC 9113, HPACK RFC 7541).
 
 Why not grpcio's server: side by side (`python -m bench.grpc_server`: 100-span OTLP requests,
-4 in flight, each server parsing them and answering), grpcio's aio server costs 380-410 us of
-CPU per request, the `h2` library on the event loop 370, this module 180-190; of those about
-100 are parsing the request. grpcio's server hands every call between its own threads and the
-loop through a socket pair (~30 system calls per request); here a request is one read and an
-answer one write. The frames a unary server needs are few: the request's HEADERS
-(+CONTINUATION) and DATA, an answer of HEADERS, DATA and trailers, and the connection's
-SETTINGS, PING, WINDOW_UPDATE, RST_STREAM and GOAWAY. HPACK decoding keeps state across
-requests and is the `hpack` library's; answers use literal fields only, so they need none.
+4 in flight, each server parsing them and answering), grpcio's aio server costs 460-490 us of
+CPU per request and this module 230-240, of which about 100 are parsing the request; a server
+on the `h2` library on the event loop cost about as much as grpcio's. grpcio's server hands
+every call between its own threads and the loop through a socket pair (~30 system calls per
+request); here a request is one read and an answer one write. The frames a unary server needs
+are few: the request's HEADERS (+CONTINUATION) and DATA, an answer of HEADERS, DATA and
+trailers, and the connection's SETTINGS, PING, WINDOW_UPDATE, RST_STREAM and GOAWAY. HPACK
+decoding keeps state across requests and is the `hpack` library's; answers use literal fields
+only, so they need none.
 """
 
 from __future__ import annotations
