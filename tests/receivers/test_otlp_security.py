@@ -144,6 +144,39 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate_on_http_and_grp
     assert sink.item_count == 4
 
 
+async def test_a_certificate_renewed_in_place_is_served_after_reload_interval(pki):
+    """Both listeners read changed certificate files again: once the files hold a certificate
+    from another CA, a client trusting only that CA connects over HTTP and gRPC, and one
+    trusting only the first no longer does."""
+    listener = {"endpoint": "127.0.0.1:0", "tls": {**tls(pki), "reload_interval": "100ms"}}
+    receiver, sink = await started({"http": listener, "grpc": listener})
+    url = f"https://{receiver.http_endpoint}/v1/traces"
+    old_ca = Path(pki["ca"]).read_bytes()
+    new_ca = trustme.CA()
+    try:
+        assert await post(url, client_context(pki, certificate=False)) == 200
+        old = grpc.ssl_channel_credentials(root_certificates=old_ca)
+        assert await exported(receiver.grpc_endpoint, old) == grpc.StatusCode.OK
+
+        renewed = new_ca.issue_cert("127.0.0.1", "localhost")
+        # Key first, then certificate: a look between the two fails and is tried again.
+        renewed.private_key_pem.write_to_path(pki["server_key"])
+        renewed.cert_chain_pems[0].write_to_path(pki["server_cert"])
+        os.utime(pki["server_cert"], (1, 1))  # a stamp unlike the first, however fast
+        await asyncio.sleep(0.5)
+
+        new_context = ssl.create_default_context(cadata=new_ca.cert_pem.bytes().decode())
+        assert await post(url, new_context) == 200
+        with pytest.raises(aiohttp.ClientError):
+            await post(url, client_context(pki, certificate=False))
+        new = grpc.ssl_channel_credentials(root_certificates=new_ca.cert_pem.bytes())
+        assert await exported(receiver.grpc_endpoint, new) == grpc.StatusCode.OK
+        assert await exported(receiver.grpc_endpoint, old) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await receiver.shutdown()
+    assert sink.item_count == 8  # two exports over each protocol
+
+
 async def test_a_certificate_file_that_cannot_be_read_fails_the_start_naming_the_key(pki):
     broken = {"endpoint": "127.0.0.1:0", "tls": {**tls(pki), "key_file": "/nonexistent.pem"}}
     with pytest.raises(ValueError, match=r"tls::key_file: cannot read /nonexistent\.pem"):
