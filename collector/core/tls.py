@@ -5,7 +5,6 @@ renewed certificate files every `reload_interval`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import ssl
 from typing import Literal
@@ -30,29 +29,10 @@ class TLSServerConfig(ComponentConfig):
     (default 0 = never)."""
 
 
-class _Files:
-    """The certificate files and when they last changed."""
-
-    def __init__(self, tls: TLSServerConfig) -> None:
-        self.tls = tls
-        self.stamp = self._stamp()
-
-    def _stamp(self) -> tuple[float, ...]:
-        paths = [self.tls.cert_file, self.tls.key_file, self.tls.client_ca_file]
-        return tuple(os.stat(p).st_mtime if p else 0.0 for p in paths)
-
-    def changed(self) -> bool:
-        """Whether reloading is on and the files changed since last seen."""
-        if not self.tls.reload_interval:
-            return False
-        try:
-            stamp = self._stamp()
-        except OSError:
-            return False  # mid-rotation: keep what works
-        if stamp == self.stamp:
-            return False
-        self.stamp = stamp
-        return True
+def _stamp(tls: TLSServerConfig) -> tuple[float, ...]:
+    """When the certificate files last changed."""
+    paths = [tls.cert_file, tls.key_file, tls.client_ca_file]
+    return tuple(os.stat(p).st_mtime if p else 0.0 for p in paths)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -103,13 +83,20 @@ class ServerTLS:
             self._watch = None
 
     async def _reload_forever(self) -> None:
-        files = _Files(self.tls)
+        loaded = _stamp(self.tls)
         while True:
             await asyncio.sleep(self.tls.reload_interval)
-            if files.changed():
-                # A half-written file fails: the next look tries again.
-                with contextlib.suppress(ValueError, ssl.SSLError):
-                    _load(self.context, self.tls)
+            try:
+                stamp = _stamp(self.tls)  # before loading: a change meanwhile loads again
+            except OSError:
+                continue  # mid-rotation: keep what works
+            if stamp == loaded:
+                continue
+            try:
+                _load(self.context, self.tls)
+            except (ValueError, ssl.SSLError):
+                continue  # a half-written pair: the next look tries again
+            loaded = stamp
 
 
 def _load(context: ssl.SSLContext, tls: TLSServerConfig) -> None:

@@ -177,6 +177,33 @@ async def test_a_certificate_renewed_in_place_is_served_after_reload_interval(pk
     assert sink.item_count == 8  # two exports over each protocol
 
 
+async def test_a_half_written_certificate_keeps_the_old_one_and_is_read_again(pki):
+    """A look at the files while they are half written fails and keeps the certificate in use;
+    the next look loads them once they are whole, even when their times did not move again (as
+    when a copy keeps the source's times)."""
+    listener = {"endpoint": "127.0.0.1:0", "tls": {**tls(pki), "reload_interval": "100ms"}}
+    receiver, sink = await started({"http": listener})
+    url = f"https://{receiver.http_endpoint}/v1/traces"
+    new_ca = trustme.CA()
+    renewed = new_ca.issue_cert("127.0.0.1", "localhost")
+    try:
+        renewed.private_key_pem.write_to_path(pki["server_key"])
+        Path(pki["server_cert"]).write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB")
+        for path in (pki["server_key"], pki["server_cert"]):
+            os.utime(path, (2, 2))
+        await asyncio.sleep(0.4)
+        assert await post(url, client_context(pki, certificate=False)) == 200  # the old one
+
+        renewed.cert_chain_pems[0].write_to_path(pki["server_cert"])
+        os.utime(pki["server_cert"], (2, 2))
+        await asyncio.sleep(0.4)
+        new_context = ssl.create_default_context(cadata=new_ca.cert_pem.bytes().decode())
+        assert await post(url, new_context) == 200
+    finally:
+        await receiver.shutdown()
+    assert sink.item_count == 4
+
+
 async def test_a_certificate_file_that_cannot_be_read_fails_the_start_naming_the_key(pki):
     broken = {"endpoint": "127.0.0.1:0", "tls": {**tls(pki), "key_file": "/nonexistent.pem"}}
     with pytest.raises(ValueError, match=r"tls::key_file: cannot read /nonexistent\.pem"):
