@@ -56,14 +56,14 @@ def serve(kind: str, port: int) -> None:
         await server.wait_for_termination()
 
     async def coldtail() -> None:
-        from collector.core.grpc_server import Call, GrpcServer, ServerLimits
+        from collector.core.grpc_server import Call, GrpcServer, Listener, ServerLimits
 
         async def export(call: Call) -> bytes:
             parse(call.message)
             return response.SerializeToString()
 
-        server = GrpcServer({_TRACES: export}, ServerLimits(), logging.getLogger("bench"))
-        await server.start("127.0.0.1", port, None)
+        log, listener = logging.getLogger("bench"), Listener(f"127.0.0.1:{port}")
+        await GrpcServer({_TRACES: export}, ServerLimits(), log, listener).start()
         print("ready", flush=True)
         await asyncio.Event().wait()
 

@@ -83,18 +83,6 @@ def _bind_test(endpoint: str, kind: socket.SocketKind) -> None:
             s.bind(address)
 
 
-def check_free(endpoint: str, key: str | None = None) -> None:
-    """ListenError when a TCP server could not listen on `endpoint` now. For servers whose own
-    failure is noisy (gRPC logs it from its C core): a plain socket tries first. A host that
-    does not resolve is left to the server to report."""
-    try:
-        _bind_test(endpoint, socket.SOCK_STREAM)
-    except socket.gaierror:
-        return
-    except OSError as e:
-        raise ListenError(endpoint, e, key=key) from None
-
-
 def suggest_endpoint(endpoint: str, transport: str = "tcp", reason: str = "") -> str:
     """An endpoint to use instead of `endpoint`, free right now: the port plus 10000 when that
     is free, else one the system picks; loopback when the host is not on this machine."""

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import random
-import ssl
 import struct
 import time
 import urllib.parse
@@ -34,6 +33,10 @@ from typing import cast
 
 import hpack
 from google.rpc import code_pb2
+
+from collector.core.auth import ServerAuthenticator, Unauthenticated
+from collector.core.endpoints import ListenError, split_endpoint, with_port
+from collector.core.tls import ServerTLS, TLSServerConfig
 
 # hpack logs every header it decodes at DEBUG, credentials included: never ours to log.
 logging.getLogger("hpack").setLevel(logging.INFO)
@@ -66,9 +69,9 @@ _MAX_PING_STRIKES = 2
 _IDLE_PING_INTERVAL_S = 7200.0
 _ENCODINGS = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-# Request headers that are the transport's, not the caller's metadata.
-_RESERVED = frozenset({b"content-type", b"te", b"grpc-timeout", b"grpc-encoding"})
-_RESERVED_PREFIX = b"grpc-accept-encoding"
+# The transport's request headers that the call does not read (it reads content-type,
+# grpc-encoding and grpc-timeout): none of them is the caller's metadata.
+_TRANSPORT_HEADERS = frozenset({b"te", b"grpc-accept-encoding"})
 
 
 class RpcError(Exception):
@@ -210,6 +213,18 @@ class _Stream:
     deadline: asyncio.TimerHandle | None = None
 
 
+@dataclass(frozen=True)
+class Listener:
+    """Where and how a server listens: `endpoint` (host:port; port 0 picks one), the `tls`
+    block, the authenticator every call must satisfy (UNAUTHENTICATED otherwise), and the
+    config key of the endpoint, named when it cannot be listened on."""
+
+    endpoint: str
+    tls: TLSServerConfig | None = None
+    auth: ServerAuthenticator | None = None
+    key: str | None = None
+
+
 class GrpcServer:
     """Serves unary gRPC methods, `handlers` by path ("/package.Service/Method"). A handler
     returns the encoded response or raises RpcError; any other exception is INTERNAL."""
@@ -219,26 +234,49 @@ class GrpcServer:
         handlers: Mapping[str, Handler],
         limits: ServerLimits,
         log: logging.Logger | logging.LoggerAdapter,
+        listener: Listener,
     ) -> None:
         self.handlers = dict(handlers)
         self.limits = limits
         self.log = log
+        self.listener = listener
         self._server: asyncio.Server | None = None
+        self._tls: ServerTLS | None = None
         self._connections: set[_Connection] = set()
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
-        """Listen; returns the bound port. OSError when the address cannot be bound."""
-        if ssl_context is not None:
-            ssl_context.set_alpn_protocols(["h2"])
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host or None, port, ssl=ssl_context, reuse_address=True
-        )
-        return self._server.sockets[0].getsockname()[1]
+    async def start(self) -> str:
+        """Listen; returns the bound host:port. ListenError when the endpoint cannot be
+        listened on, ValueError naming the key of an unusable certificate file."""
+        endpoint = self.listener.endpoint
+        host, port = split_endpoint(endpoint)
+        self._tls = ServerTLS.of(self.listener.tls)
+        context = ServerTLS.context_of(self._tls)
+        if context is not None:
+            context.set_alpn_protocols(["h2"])
+        try:
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: _Connection(self), host or None, port, ssl=context, reuse_address=True
+            )
+        except OSError as e:
+            await self.stop(0)
+            raise ListenError(endpoint, e, key=self.listener.key) from None
+        return with_port(endpoint, self._server.sockets[0].getsockname()[1])
+
+    def authenticate(self, call: Call) -> None:
+        """RpcError UNAUTHENTICATED unless the call's metadata satisfies the authenticator."""
+        if self.listener.auth is not None:
+            metadata = {k: v for k, v in call.metadata if isinstance(v, str)}
+            try:
+                self.listener.auth.authenticate(metadata)
+            except Unauthenticated as e:
+                raise RpcError(code_pb2.UNAUTHENTICATED, str(e)) from None
 
     async def stop(self, grace_s: float) -> None:
         """Stop listening, tell clients to go away, let calls in progress finish for up to
         `grace_s`, then close every connection."""
+        if self._tls is not None:
+            await self._tls.stop()
+            self._tls = None
         if self._server is None:
             return
         server, self._server = self._server, None
@@ -546,7 +584,7 @@ class _Connection(asyncio.Protocol):
                 encoding = value
             elif name == b"grpc-timeout":
                 stream.timeout_s = _timeout_s(value)
-            elif name not in _RESERVED and not name.startswith(_RESERVED_PREFIX):
+            elif name not in _TRANSPORT_HEADERS:
                 key = name.decode("latin-1")
                 if key.endswith("-bin"):
                     # Padded or not, as the specification allows; not base64 is left out.
@@ -559,7 +597,7 @@ class _Connection(asyncio.Protocol):
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
             # Not a gRPC request at all: an HTTP answer, as the specification asks.
             status = b"405" if method != b"POST" else b"415"
-            self._send_http_error(stream, status)
+            self._end_with(stream, _field(b":status", status))
             return None
         try:
             stream.wbits = _ENCODINGS[encoding.decode("latin-1")]
@@ -684,6 +722,7 @@ class _Connection(asyncio.Protocol):
 
     async def _run(self, stream: _Stream, handler: Handler, call: Call) -> None:
         try:
+            self.server.authenticate(call)
             response = await handler(call)
         except RpcError as e:
             self._answer_error(stream, e)
@@ -713,26 +752,23 @@ class _Connection(asyncio.Protocol):
         if stream.answered or self.streams.get(stream.id) is not stream:
             return
         stream.answered = True
-        self._ping_strikes = 0  # as gRPC: pings are welcome while answers flow
         self._send_headers(stream.id, 0, _GRPC_HEADERS)
         stream.outbox = b"\0" + len(response).to_bytes(4, "big") + response
         stream.trailers = _OK_TRAILERS
         self._pump(stream)
 
     def _answer_error(self, stream: _Stream, error: RpcError) -> None:
-        """A trailers-only answer; a client still sending is told to stop."""
+        """A trailers-only answer."""
+        self._end_with(
+            stream, _GRPC_HEADERS + _status_fields(error.code, error.message, error.details)
+        )
+
+    def _end_with(self, stream: _Stream, fields: bytes) -> None:
+        """An answer of headers alone; a client still sending is told to stop."""
         if stream.answered or self.streams.get(stream.id) is not stream:
             return
         stream.answered = True
         stream.body = []
-        self._ping_strikes = 0
-        fields = _GRPC_HEADERS + _status_fields(error.code, error.message, error.details)
-        self._send_headers(stream.id, _END_STREAM, fields)
-        self._finish(stream)
-
-    def _send_http_error(self, stream: _Stream, status: bytes) -> None:
-        stream.answered = True
-        fields = _field(b":status", status)
         self._send_headers(stream.id, _END_STREAM, fields)
         self._finish(stream)
 
@@ -754,6 +790,7 @@ class _Connection(asyncio.Protocol):
     def _send_headers(self, stream_id: int, flags: int, block: bytes) -> None:
         """A header block in frames the client takes: HEADERS, then CONTINUATION for what
         is beyond its largest frame (a long grpc-message, say)."""
+        self._ping_strikes = 0  # as gRPC: pings are welcome while answers flow
         size = self._peer_max_frame
         if len(block) <= size:
             self._out.append(_frame(_HEADERS, flags | _END_HEADERS, stream_id, block))

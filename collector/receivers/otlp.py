@@ -40,8 +40,8 @@ from collector.core.config_types import (
     null_is_defaults,
 )
 from collector.core.consumer import Consumer, PermanentError, RetryableError
-from collector.core.endpoints import ListenError, check_free, split_endpoint, with_port
-from collector.core.grpc_server import Call, GrpcServer, RpcError, ServerLimits
+from collector.core.endpoints import ListenError, split_endpoint, with_port
+from collector.core.grpc_server import Call, GrpcServer, Listener, RpcError, ServerLimits
 from collector.core.http_body import RequestError, read_body
 from collector.core.memory import MemoryPressure
 from collector.core.pdata import (
@@ -401,7 +401,6 @@ class OtlpReceiver:
         self.grpc_endpoint: str | None = None
         self.http_endpoint: str | None = None
         self._grpc_server: GrpcServer | None = None
-        self._grpc_tls: ServerTLS | None = None
         self._http_runner: web.AppRunner | None = None
         self._http_tls: ServerTLS | None = None
         self._grpc_auth: ServerAuthenticator | None = None
@@ -443,9 +442,6 @@ class OtlpReceiver:
         if self._grpc_server is not None:
             server, self._grpc_server = self._grpc_server, None
             await server.stop(_SHUTDOWN_GRACE_S)
-        if self._grpc_tls is not None:
-            await self._grpc_tls.stop()
-            self._grpc_tls = None
         if self._http_runner is not None:
             runner, self._http_runner = self._http_runner, None
             await runner.cleanup()
@@ -532,8 +528,6 @@ class OtlpReceiver:
     # --- gRPC ---------------------------------------------------------------------------------
 
     async def _start_grpc(self, config: GrpcConfig) -> str:
-        # A plain socket tries the port first, so that a taken one is named with its key.
-        check_free(config.endpoint, key=_GRPC_KEY)
         limits = ServerLimits(
             max_recv_msg_size=(config.max_recv_msg_size_mib or 4) * _MIB,
             max_concurrent_streams=config.max_concurrent_streams,
@@ -544,22 +538,11 @@ class OtlpReceiver:
             f"/{GRPC_SERVICES[signal]}/Export": functools.partial(self._grpc_export, signal)
             for signal in self.next
         }
-        server = self._grpc_server = GrpcServer(handlers, limits, self.log)
-        self._grpc_tls = ServerTLS.of(config.tls)
-        host, port = split_endpoint(config.endpoint)
-        try:
-            port = await server.start(host, port, ServerTLS.context_of(self._grpc_tls))
-        except OSError as e:
-            raise ListenError(config.endpoint, e, key=_GRPC_KEY) from None
-        return with_port(config.endpoint, port)
+        listener = Listener(config.endpoint, config.tls, self._grpc_auth, key=_GRPC_KEY)
+        self._grpc_server = GrpcServer(handlers, limits, self.log, listener)
+        return await self._grpc_server.start()
 
     async def _grpc_export(self, signal: Signal, call: Call) -> bytes:
-        if self._grpc_auth is not None:
-            metadata = {k: v for k, v in call.metadata if isinstance(v, str)}
-            try:
-                self._grpc_auth.authenticate(metadata)
-            except Unauthenticated as e:
-                raise RpcError(code_pb2.UNAUTHENTICATED, str(e)) from None
         refusal = self._pressure.admits(len(call.message))
         if refusal is not None:
             status = _status(code_pb2.UNAVAILABLE, refusal, _PRESSURE_RETRY_S)

@@ -38,7 +38,7 @@ from hyperframe.frame import (
 )
 
 from collector.core import grpc_server
-from collector.core.grpc_server import Call, GrpcServer, RpcError, ServerLimits
+from collector.core.grpc_server import Call, GrpcServer, Listener, RpcError, ServerLimits
 
 ECHO = "/test.Echo/Echo"
 SLOW = "/test.Echo/Slow"
@@ -68,11 +68,14 @@ async def serve():
 
     async def start(handlers: dict | None = None, **limits) -> Running:
         server = GrpcServer(
-            handlers or {ECHO: echo}, ServerLimits(**limits), logging.getLogger("tests.grpc")
+            handlers or {ECHO: echo},
+            ServerLimits(**limits),
+            logging.getLogger("tests.grpc"),
+            Listener("127.0.0.1:0"),
         )
-        port = await server.start("127.0.0.1", 0, None)
+        endpoint = await server.start()
         servers.append(server)
-        return Running(server, port)
+        return Running(server, int(endpoint.rpartition(":")[2]))
 
     yield start
     for server in servers:

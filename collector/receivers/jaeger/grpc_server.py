@@ -13,12 +13,10 @@ import asyncio
 from google.rpc import code_pb2
 
 from collector.core import grpc_server
-from collector.core.auth import ServerAuthenticator, Unauthenticated, server_authenticator
+from collector.core.auth import server_authenticator
 from collector.core.component import Host
 from collector.core.consumer import PermanentError, RetryableError
-from collector.core.endpoints import ListenError, check_free, split_endpoint, with_port
 from collector.core.pdata import Traces
-from collector.core.tls import ServerTLS
 from collector.receivers.jaeger.config import GrpcConfig
 from collector.receivers.jaeger.intake import GRPC, Intake
 from collector.receivers.jaeger.proto import (
@@ -48,44 +46,30 @@ class GrpcServer:
         self.config = config
         self.intake = intake
         self._server: grpc_server.GrpcServer | None = None
-        self._tls: ServerTLS | None = None
-        self._auth: ServerAuthenticator | None = None
 
     async def start(self, host: Host) -> str:
         """The bound host:port; OSError when the endpoint cannot be listened on."""
-        self._auth = server_authenticator(host, self.config.auth)
-        endpoint = self.config.endpoint
-        check_free(endpoint, key=_KEY)
         limits = grpc_server.ServerLimits(
             max_recv_msg_size=(self.config.max_recv_msg_size_mib or 4) * _MIB,
             max_concurrent_streams=self.config.max_concurrent_streams,
         )
-        server = self._server = grpc_server.GrpcServer(
-            {f"/{SERVICE}/{METHOD}": self._post_spans}, limits, self.intake.log
+        listener = grpc_server.Listener(
+            self.config.endpoint,
+            self.config.tls,
+            server_authenticator(host, self.config.auth),
+            key=_KEY,
         )
-        self._tls = ServerTLS.of(self.config.tls)
-        bind_host, port = split_endpoint(endpoint)
-        try:
-            port = await server.start(bind_host, port, ServerTLS.context_of(self._tls))
-        except OSError as e:
-            raise ListenError(endpoint, e, key=_KEY) from None
-        return with_port(endpoint, port)
+        self._server = grpc_server.GrpcServer(
+            {f"/{SERVICE}/{METHOD}": self._post_spans}, limits, self.intake.log, listener
+        )
+        return await self._server.start()
 
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(_SHUTDOWN_GRACE_S)
-        if self._tls is not None:
-            await self._tls.stop()
-            self._tls = None
 
     async def _post_spans(self, call: grpc_server.Call) -> bytes:
-        if self._auth is not None:
-            metadata = {k: v for k, v in call.metadata if isinstance(v, str)}
-            try:
-                self._auth.authenticate(metadata)
-            except Unauthenticated as e:
-                raise grpc_server.RpcError(code_pb2.UNAUTHENTICATED, str(e)) from None
         data = call.message
         refusal = self.intake.pressure.admits(len(data))
         if refusal is not None:
